@@ -1,0 +1,45 @@
+# One way to run things. The README names `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SCALE ?= small
+PG_PORT ?= 54329
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: setup test test-fast demo stop env bench constraints lint
+
+# The venv is rebuilt when the pins change.
+$(VENV)/.installed: requirements.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check uv==0.9.30
+	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt -c constraints.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest tests
+
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow"
+
+demo: setup
+	$(PY) -m include.migration.demo run --scale $(SCALE) --port $(PG_PORT)
+
+stop: setup
+	$(PY) -m include.migration.demo stop --port $(PG_PORT)
+
+env: setup
+	$(PY) -m include.migration.demo env --port $(PG_PORT)
+
+bench: setup
+	$(PY) -m include.migration.bench --scale $(SCALE)
+
+# Regenerate the full pin list from a real resolve of requirements.txt.
+constraints:
+	rm -rf .constraints-venv && $(PYTHON) -m venv .constraints-venv
+	.constraints-venv/bin/pip install -q uv==0.9.30
+	.constraints-venv/bin/uv pip install -q --python .constraints-venv/bin/python -r requirements.txt
+	.constraints-venv/bin/uv pip freeze --python .constraints-venv/bin/python | grep -v '^uv==' > constraints.txt
+	rm -rf .constraints-venv
