@@ -103,3 +103,18 @@ def fresh_db(pg_uri: str):
     yield make
     for name in names:
         drop_database(pg_uri, name)
+
+
+@pytest.fixture
+def world(fresh_db):
+    """An empty legacy database (the application's schema) and a bootstrapped destination."""
+    import psycopg
+
+    from include.migration.bootstrap import bootstrap
+    from include.migration.pipeline import Conns
+
+    legacy, dest = fresh_db("legacy"), fresh_db("dest")
+    with psycopg.connect(legacy, autocommit=True) as conn:
+        conn.execute((ROOT / "include/sql/legacy/schema.sql").read_text())
+    bootstrap(dest)
+    return Conns(legacy=legacy, dest=dest)

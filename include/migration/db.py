@@ -1,0 +1,76 @@
+"""Database connections, resolved from Airflow connection ids.
+
+The code only ever names conn_ids (``legacy_db``, ``supabase_db``); where a
+connection's URI comes from (``AIRFLOW_CONN_*`` env, a secrets backend, the
+metadata DB) is Airflow's business. Passwords never appear in a log line: the
+DSN is built here and only ever passed to the driver; ``describe`` prints a
+connection without its secret.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+
+LEGACY_CONN_ID = "legacy_db"
+DEST_CONN_ID = "supabase_db"
+
+# Every session of ours renders timestamps the same way on both sides, so
+# checksums computed in two databases agree.
+SESSION_SETTINGS = "-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=1"
+
+
+def dsn_for(conn_id: str) -> str:
+    """The libpq URI of an Airflow connection (``AIRFLOW_CONN_*``, secrets backend or metadata DB)."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.log import mask_secret
+
+    conn = BaseHook.get_connection(conn_id)
+    if conn.password:
+        mask_secret(conn.password)
+    netloc = ""
+    if conn.login:
+        netloc = quote(conn.login, safe="")
+        if conn.password:
+            netloc += ":" + quote(conn.password, safe="")
+        netloc += "@"
+    netloc += conn.host or "localhost"
+    if conn.port:
+        netloc += f":{conn.port}"
+    query = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in (conn.extra_dejson or {}).items())
+    return urlunsplit(("postgresql", netloc, "/" + (conn.schema or ""), query, ""))
+
+
+def describe(dsn: str) -> str:
+    """host:port/db as a log can show it: never the password."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    return f"{host}:{parts.port or 5432}{parts.path}"
+
+
+def connect(dsn: str, *, autocommit: bool = False, application: str = "migration") -> psycopg.Connection:
+    return psycopg.connect(
+        dsn,
+        autocommit=autocommit,
+        options=SESSION_SETTINGS,
+        application_name=application,
+        connect_timeout=15,
+    )
+
+
+@contextmanager
+def connection(conn_id_or_dsn: str, **kwargs) -> Iterator[psycopg.Connection]:
+    dsn = conn_id_or_dsn if "://" in conn_id_or_dsn else dsn_for(conn_id_or_dsn)
+    conn = connect(dsn, **kwargs)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """The same DSN in SQLAlchemy's form (used by Great Expectations)."""
+    return "postgresql+psycopg2://" + dsn.split("://", 1)[1]

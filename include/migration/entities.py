@@ -1,0 +1,246 @@
+"""The migration's entities, described as data.
+
+Each entity names its legacy source table, its destination table, its key,
+how an incremental run finds changed rows, its transform SQL
+(``include/sql/entities/<name>.sql``, run inside the legacy database), the
+columns it writes, and its parents in the destination. Adding an entity is a
+new ``Entity`` here plus its SQL file; the DAG factory, the loader, the
+reconciliation and the schema gate all read from this module.
+
+The transform is a pure function of the legacy database: every row in scope
+comes out with the destination's columns and a disposition (``loaded``,
+``excluded`` or ``quarantined``) with a reason, so the same SQL serves the
+extract, the dry run and the reconciliation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+# The control columns every transform query returns after the entity's columns.
+CONTROL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("_disposition", "text"),
+    ("_reason", "text"),
+    ("_repairs", "text[]"),
+    ("_maps_to", "text"),
+    ("_change_ts", "timestamp"),
+    ("_source", "jsonb"),
+)
+
+# Legacy tables the transform SQL may read, by placeholder name.
+SOURCE_TABLES = ("users", "agents", "conversations", "messages", "media_assets")
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """A foreign key of the destination table that the load must respect."""
+
+    column: str
+    parent: str  # entity name
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str
+    source_table: str
+    target_table: str
+    key: str
+    key_type: str  # 'uuid' or 'bigint'
+    # Destination columns, in COPY order, with their destination types.
+    columns: tuple[tuple[str, str], ...]
+    # Columns the stage carries beyond the destination's (e.g. the password hash).
+    extra_columns: tuple[tuple[str, str], ...] = ()
+    # Legacy columns the transform reads, with the types it expects (schema gate).
+    source_columns: dict[str, str] = field(default_factory=dict)
+    parents: tuple[ParentRef, ...] = ()
+    # Incremental scope: rows whose change timestamp moved since the watermark.
+    # Append-only entities also take every key above the last one loaded.
+    append_only: bool = False
+    # Rows per reconciliation bucket (key ranges; see reconcile.py).
+    bucket_rows: int = 2000
+    schema_name: str = "public"
+    # The alias of the source row in the transform SQL, and the incremental
+    # scope over it: {since} is the watermark minus the lookback, {last_key}
+    # the highest key loaded (append-only), {retry} the quarantined keys.
+    alias: str = "s"
+    incremental_scope: str = "FALSE"
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c for c, _ in self.columns]
+
+    @property
+    def stage_columns(self) -> tuple[tuple[str, str], ...]:
+        return self.columns + self.extra_columns + CONTROL_COLUMNS
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        return tuple(p.parent for p in self.parents)
+
+
+def transform_sql_text(entity: Entity) -> str:
+    """The entity's transform query with the shared fates CTEs inlined."""
+    return _read_sql(f"entities/{entity.name}.sql").replace(
+        "{fates}", _read_sql("entities/_fates.sql").strip()
+    )
+
+
+@cache
+def _read_sql(relative: str) -> str:
+    return (SQL_DIR / relative).read_text()
+
+
+USERS = Entity(
+    name="users",
+    source_table="users",
+    target_table="users",
+    key="id",
+    key_type="uuid",
+    columns=(
+        ("id", "uuid"),
+        ("email", "text"),
+        ("name", "text"),
+        ("avatar_url", "text"),
+        ("created_at", "timestamptz"),
+        ("updated_at", "timestamptz"),
+    ),
+    extra_columns=(("password_hash", "text"),),
+    alias="f",
+    # A changed user also re-decides every account sharing its email.
+    incremental_scope=(
+        "f.change_ts >= {since} OR f.id = ANY({retry}) OR f.email_norm IN "
+        "(SELECT email_norm FROM user_base WHERE change_ts >= {since})"
+    ),
+    source_columns={
+        "id": "uuid",
+        "email": "text",
+        "display_name": "text",
+        "avatar_url": "text",
+        "password_hash": "text",
+        "created_at": "timestamp without time zone",
+        "updated_at": "timestamp without time zone",
+        "deleted_at": "timestamp without time zone",
+    },
+)
+
+AGENTS = Entity(
+    name="agents",
+    source_table="agents",
+    target_table="agents",
+    key="id",
+    key_type="uuid",
+    columns=(
+        ("id", "uuid"),
+        ("owner_id", "uuid"),
+        ("name", "text"),
+        ("description", "text"),
+        ("system_prompt", "text"),
+        ("model", "text"),
+        ("temperature", "real"),
+        ("tools", "jsonb"),
+        ("is_public", "boolean"),
+        ("created_at", "timestamptz"),
+        ("updated_at", "timestamptz"),
+    ),
+    source_columns={
+        "id": "uuid",
+        "owner_id": "uuid",
+        "name": "text",
+        "description": "text",
+        "system_prompt": "text",
+        "model": "text",
+        "temperature": "double precision",
+        "tools": "text",
+        "is_public": "boolean",
+        "created_at": "timestamp without time zone",
+        "updated_at": "timestamp without time zone",
+    },
+    parents=(ParentRef("owner_id", "users", nullable=True),),
+    alias="a",
+    incremental_scope="af.change_ts >= {since} OR a.id = ANY({retry})",
+)
+
+CONVERSATIONS = Entity(
+    name="conversations",
+    source_table="conversations",
+    target_table="conversations",
+    key="id",
+    key_type="uuid",
+    columns=(
+        ("id", "uuid"),
+        ("user_id", "uuid"),
+        ("agent_id", "uuid"),
+        ("title", "text"),
+        ("created_at", "timestamptz"),
+        ("updated_at", "timestamptz"),
+    ),
+    source_columns={
+        "id": "uuid",
+        "user_id": "uuid",
+        "agent_id": "uuid",
+        "title": "text",
+        "created_at": "timestamp without time zone",
+        "updated_at": "timestamp without time zone",
+        "deleted_at": "timestamp without time zone",
+    },
+    parents=(
+        ParentRef("user_id", "users", nullable=False),
+        ParentRef("agent_id", "agents", nullable=True),
+    ),
+    alias="c",
+    incremental_scope="cf.change_ts >= {since} OR af.change_ts >= {since} OR c.id = ANY({retry})",
+)
+
+MESSAGES = Entity(
+    name="messages",
+    source_table="messages",
+    target_table="messages",
+    key="id",
+    key_type="bigint",
+    columns=(
+        ("id", "bigint"),
+        ("conversation_id", "uuid"),
+        ("role", "text"),
+        ("content", "text"),
+        ("token_count", "integer"),
+        ("model", "text"),
+        ("metadata", "jsonb"),
+        ("created_at", "timestamptz"),
+    ),
+    source_columns={
+        "id": "bigint",
+        "conversation_id": "uuid",
+        "role": "text",
+        "content": "text",
+        "token_count": "integer",
+        "model": "text",
+        "metadata": "text",
+        "created_at": "timestamp without time zone",
+    },
+    parents=(ParentRef("conversation_id", "conversations", nullable=False),),
+    append_only=True,
+    bucket_rows=5000,
+    alias="m",
+    # New messages by id (append-only); old ones again when their conversation changed.
+    incremental_scope=(
+        "m.id > {last_key} OR m.id = ANY({retry}) OR m.conversation_id IN "
+        "(SELECT id FROM conversation_fate WHERE change_ts >= {since})"
+    ),
+)
+
+ENTITIES: dict[str, Entity] = {e.name: e for e in (USERS, AGENTS, CONVERSATIONS, MESSAGES)}
+
+# The order a full backfill runs in: parents before children.
+ORDER: tuple[str, ...] = ("users", "agents", "conversations", "messages")
+
+
+def get(name: str) -> Entity:
+    try:
+        return ENTITIES[name]
+    except KeyError:
+        raise ValueError(f"unknown entity {name!r}; known: {', '.join(ENTITIES)}") from None

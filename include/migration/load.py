@@ -1,0 +1,341 @@
+"""Transform (destination side) and load: from the stage into the destination tables.
+
+``check_stage`` applies the rules only the destination can decide (a parent
+that is not in the destination, an email already taken there) and counts the
+dispositions. ``plan_changes`` says what a load would insert, update, leave
+unchanged and delete, without writing (the dry run). ``load`` merges the stage
+into the destination table in key-ordered chunks, each chunk in its own
+transaction with its before-images and its progress mark, so a crash resumes
+at the first uncommitted chunk and a rerun of the same data writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from include.migration import runs
+from include.migration.entities import ENTITIES, Entity
+
+log = logging.getLogger(__name__)
+
+
+def _stage(table: str) -> sql.Identifier:
+    return sql.Identifier("migration_stage", table)
+
+
+def _target(entity: Entity) -> sql.Identifier:
+    return sql.Identifier(entity.schema_name, entity.target_table)
+
+
+def _cols(names: list[str], prefix: str | None = None) -> sql.Composable:
+    if prefix:
+        return sql.SQL(", ").join(sql.Identifier(prefix, n) for n in names)
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def check_stage(dest: psycopg.Connection, entity: Entity, table: str) -> dict[str, int]:
+    """Quarantine staged rows the destination cannot take; return counts per disposition:reason."""
+    stage = _stage(table)
+    for ref in entity.parents:
+        parent = ENTITIES[ref.parent]
+        dest.execute(
+            sql.SQL(
+                "UPDATE {stage} s SET _disposition = 'quarantined', _reason = {reason}, "
+                "_source = coalesce(_source, to_jsonb(s) - '_source') "
+                "WHERE s._disposition = 'loaded' AND s.{col} IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{pkey} = s.{col})"
+            ).format(
+                stage=stage,
+                reason=sql.Literal(f"{ref.parent}_not_in_destination"),
+                col=sql.Identifier(ref.column),
+                parent=_target(parent),
+                pkey=sql.Identifier(parent.key),
+            )
+        )
+    if entity.name == "users":
+        # An email held in the destination by another account that this run
+        # does not remove: loading would break the unique email.
+        dest.execute(
+            sql.SQL(
+                "UPDATE {stage} s SET _disposition = 'quarantined', _reason = 'email_taken_in_destination', "
+                "_source = coalesce(_source, to_jsonb(s) - '_source' - 'password_hash') "
+                "WHERE s._disposition = 'loaded' AND EXISTS ("
+                "  SELECT 1 FROM public.users t WHERE t.email = s.email AND t.id <> s.id"
+                "  AND NOT EXISTS (SELECT 1 FROM {stage} o WHERE o.id = t.id AND o._disposition <> 'loaded'))"
+            ).format(stage=stage)
+        )
+    rows = dest.execute(
+        sql.SQL("SELECT _disposition, _reason, count(*) FROM {} GROUP BY 1, 2 ORDER BY 1, 2").format(stage)
+    ).fetchall()
+    dest.commit()
+    return {f"{d}:{r}": n for d, r, n in rows}
+
+
+def repair_counts(dest: psycopg.Connection, table: str) -> dict[str, int]:
+    rows = dest.execute(
+        sql.SQL("SELECT r, count(*) FROM {}, unnest(_repairs) r WHERE _disposition = 'loaded' GROUP BY r "
+                "ORDER BY r").format(_stage(table))
+    ).fetchall()
+    return dict(rows)
+
+
+def _distinct_condition(entity: Entity, left: str, right: str) -> sql.Composable:
+    names = [c for c in entity.column_names if c != entity.key]
+    return sql.SQL("({}) IS DISTINCT FROM ({})").format(_cols(names, left), _cols(names, right))
+
+
+def plan_changes(dest: psycopg.Connection, entity: Entity, table: str, *, full: bool) -> dict[str, int]:
+    """What a load of this stage would do to the destination table (writes nothing)."""
+    stage, target, key = _stage(table), _target(entity), sql.Identifier(entity.key)
+    row = dest.execute(
+        sql.SQL(
+            "SELECT count(*) FILTER (WHERE t.{key} IS NULL), "
+            "count(*) FILTER (WHERE t.{key} IS NOT NULL AND {diff}), "
+            "count(*) FILTER (WHERE t.{key} IS NOT NULL AND NOT {diff}) "
+            "FROM {stage} s LEFT JOIN {target} t ON t.{key} = s.{key} WHERE s._disposition = 'loaded'"
+        ).format(key=key, diff=_distinct_condition(entity, "t", "s"), stage=stage, target=target)
+    ).fetchone()
+    removed = dest.execute(
+        sql.SQL("SELECT count(*) FROM {target} t JOIN {stage} s ON s.{key} = t.{key} "
+                "WHERE s._disposition <> 'loaded'").format(key=key, stage=stage, target=target)
+    ).fetchone()[0]
+    gone = 0
+    if full:
+        gone = dest.execute(
+            sql.SQL("SELECT count(*) FROM {target} t WHERE NOT EXISTS "
+                    "(SELECT 1 FROM {stage} s WHERE s.{key} = t.{key})").format(
+                key=key, stage=stage, target=target)
+        ).fetchone()[0]
+    dest.rollback()
+    return {"insert": row[0], "update": row[1], "unchanged": row[2],
+            "delete_excluded_or_quarantined": removed, "delete_gone_from_source": gone}
+
+
+@dataclass
+class LoadResult:
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+    chunk_log: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"inserted": self.inserted, "updated": self.updated, "deleted": self.deleted,
+                "chunks": self.chunks, "load_seconds": round(self.seconds, 3)}
+
+
+def chunk_bounds(dest: psycopg.Connection, entity: Entity, table: str, batch_size: int,
+                 after: str | None) -> list[str]:
+    """Upper keys of consecutive chunks of ``batch_size`` loadable stage rows."""
+    key = sql.Identifier(entity.key)
+    cond = sql.SQL("TRUE") if after is None else sql.SQL("{} > {}::{}").format(
+        key, sql.Literal(after), sql.SQL(entity.key_type))
+    rows = dest.execute(
+        sql.SQL(
+            "SELECT k::text FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) AS n, count(*) OVER () AS c "
+            "FROM {stage} WHERE _disposition = 'loaded' AND {cond}) x WHERE n % {b} = 0 OR n = c ORDER BY k"
+        ).format(key=key, stage=_stage(table), cond=cond, b=sql.Literal(batch_size))
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def remove_non_loaded(dest: psycopg.Connection, entity: Entity, table: str, run_id: str) -> int:
+    """Delete destination rows whose source row is now excluded or quarantined.
+
+    Users merged into a survivor hand their children to the survivor first.
+    Runs in the caller's transaction.
+    """
+    stage, target, key = _stage(table), _target(entity), sql.Identifier(entity.key)
+    if entity.name == "users":
+        _merge_losers_present(dest, table, run_id)
+    dest.execute(
+        sql.SQL(
+            "INSERT INTO migration.before_images (run_id, entity, op, source_key, row_image) "
+            "SELECT {run}, {entity}, 'delete', t.{key}::text, to_jsonb(t) FROM {target} t "
+            "JOIN {stage} s ON s.{key} = t.{key} WHERE s._disposition <> 'loaded'"
+        ).format(run=sql.Literal(run_id), entity=sql.Literal(entity.name), key=key, target=target, stage=stage)
+    )
+    cur = dest.execute(
+        sql.SQL("DELETE FROM {target} t USING {stage} s WHERE s.{key} = t.{key} AND s._disposition <> 'loaded'")
+        .format(target=target, stage=stage, key=key)
+    )
+    deleted = cur.rowcount
+    if entity.name == "users":
+        dest.execute(sql.SQL(
+            "DELETE FROM auth.users a USING {stage} s WHERE s.id = a.id AND s._disposition <> 'loaded'"
+        ).format(stage=stage))
+    return deleted
+
+
+def _merge_losers_present(dest: psycopg.Connection, table: str, run_id: str) -> None:
+    """A user already in the destination that is now a merged duplicate: load its
+    survivor, move its agents, conversations and media to the survivor, then it
+    can be deleted. The loser's email is parked first so the survivor can take it."""
+    stage = _stage(table)
+    losers = dest.execute(sql.SQL(
+        "SELECT s.id, s._maps_to::uuid FROM {stage} s JOIN public.users t ON t.id = s.id "
+        "WHERE s._reason = 'merged_duplicate'").format(stage=stage)).fetchall()
+    if not losers:
+        return
+    loser_ids = [row[0] for row in losers]
+    dest.execute("UPDATE public.users SET email = 'merged+' || id || '@migration.invalid' WHERE id = ANY(%s)",
+                 (loser_ids,))
+    dest.execute("UPDATE auth.users SET email = 'merged+' || id || '@migration.invalid' WHERE id = ANY(%s)",
+                 (loser_ids,))
+    survivors = list({row[1] for row in losers})
+    _upsert_chunk(dest, ENTITIES["users"], table, run_id,
+                  sql.SQL("s.id = ANY({})").format(sql.Literal(survivors)))
+    for child, column in (("agents", "owner_id"), ("conversations", "user_id"), ("media", "owner_id")):
+        exists = dest.execute("SELECT to_regclass(%s)", (f"public.{child}",)).fetchone()[0]
+        if exists:
+            dest.execute(sql.SQL(
+                "UPDATE public.{child} c SET {col} = m._maps_to::uuid FROM {stage} m "
+                "WHERE m._reason = 'merged_duplicate' AND c.{col} = m.id"
+            ).format(child=sql.Identifier(child), col=sql.Identifier(column), stage=stage))
+
+
+def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: str,
+                  where: sql.Composable) -> tuple[int, int]:
+    """Merge the stage rows matching ``where`` into the destination; returns (inserted, updated)."""
+    stage, target, key = _stage(table), _target(entity), sql.Identifier(entity.key)
+    names = entity.column_names
+    non_key = [c for c in names if c != entity.key]
+    if entity.name == "users":
+        _upsert_auth(dest, table, where)
+    dest.execute(
+        sql.SQL(
+            "INSERT INTO migration.before_images (run_id, entity, op, source_key, row_image) "
+            "SELECT {run}, {entity}, 'update', t.{key}::text, to_jsonb(t) FROM {stage} s "
+            "JOIN {target} t ON t.{key} = s.{key} WHERE s._disposition = 'loaded' AND {where} AND {diff}"
+        ).format(run=sql.Literal(run_id), entity=sql.Literal(entity.name), key=key, stage=stage,
+                 target=target, where=where, diff=_distinct_condition(entity, "t", "s"))
+    )
+    row = dest.execute(
+        sql.SQL(
+            "WITH m AS (INSERT INTO {target} AS t ({cols}) SELECT {scols} FROM {stage} s "
+            "WHERE s._disposition = 'loaded' AND {where} "
+            "ON CONFLICT ({key}) DO UPDATE SET ({noncols}) = ROW({excluded}) WHERE {diff} "
+            "RETURNING t.{key}, (xmax = 0) AS inserted), "
+            "i AS (INSERT INTO migration.before_images (run_id, entity, op, keys) "
+            "SELECT {run}, {entity}, 'insert', array_agg({key}::text) FROM m WHERE inserted HAVING count(*) > 0) "
+            "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM m"
+        ).format(
+            target=target, cols=_cols(names), scols=_cols(names, "s"), stage=stage, where=where, key=key,
+            noncols=_cols(non_key),
+            excluded=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in non_key),
+            diff=_distinct_condition(entity, "t", "excluded"),
+            run=sql.Literal(run_id), entity=sql.Literal(entity.name),
+        )
+    ).fetchone()
+    return row[0], row[1]
+
+
+def _upsert_auth(dest: psycopg.Connection, table: str, where: sql.Composable) -> None:
+    from include.migration import auth
+
+    auth.upsert_accounts(dest, _stage(table), where)
+
+
+def load(dest: psycopg.Connection, entity: Entity, run: runs.Run, *, batch_size: int,
+         full: bool) -> LoadResult:
+    """Merge the stage into the destination; resumable from ``run.load_progress``."""
+    assert run.stage_table is not None
+    table = run.stage_table
+    result = LoadResult(**{k: v for k, v in (run.counts.get("load") or {}).items()
+                           if k in ("inserted", "updated", "deleted", "chunks")})
+    started = time.perf_counter()
+    if run.load_progress is None:
+        result.deleted += remove_non_loaded(dest, entity, table, run.run_id)
+        record_ledgers(dest, entity, table, run.run_id)
+        runs.update(dest, run.run_id, load_progress="", counts={"load": result.as_dict()})
+        dest.commit()
+        log.info("%s: %d destination rows removed (their source rows are now excluded or quarantined)",
+                 entity.name, result.deleted)
+    after = run.load_progress or None
+    key = sql.SQL("s.{}").format(sql.Identifier(entity.key))
+    for hi in chunk_bounds(dest, entity, table, batch_size, after):
+        t0 = time.perf_counter()
+        conds = [sql.SQL("{} <= {}::{}").format(key, sql.Literal(hi), sql.SQL(entity.key_type))]
+        if after is not None:
+            conds.append(sql.SQL("{} > {}::{}").format(key, sql.Literal(after), sql.SQL(entity.key_type)))
+        ins, upd = _upsert_chunk(dest, entity, table, run.run_id, sql.SQL(" AND ").join(conds))
+        result.inserted += ins
+        result.updated += upd
+        result.chunks += 1
+        runs.update(dest, run.run_id, load_progress=hi, counts={"load": result.as_dict()})
+        dest.commit()  # the chunk, its before-images and its progress mark, together
+        seconds = time.perf_counter() - t0
+        line = (f"{entity.name} chunk {result.chunks}: keys ({after or 'start'} .. {hi}], "
+                f"{ins} inserted, {upd} updated in {seconds:.2f} s")
+        log.info(line)
+        after = hi
+    if full:
+        result.deleted += sweep_gone(dest, entity, table, run.run_id)
+    result.seconds += time.perf_counter() - started
+    runs.update(dest, run.run_id, counts={"load": result.as_dict()})
+    dest.commit()
+    return result
+
+
+def sweep_gone(dest: psycopg.Connection, entity: Entity, table: str, run_id: str) -> int:
+    """Full runs: delete destination rows whose source row no longer exists (hard deletes)."""
+    stage, target, key = _stage(table), _target(entity), sql.Identifier(entity.key)
+    gone = sql.SQL("NOT EXISTS (SELECT 1 FROM {stage} s WHERE s.{key} = t.{key})").format(stage=stage, key=key)
+    dest.execute(sql.SQL(
+        "INSERT INTO migration.before_images (run_id, entity, op, source_key, row_image) "
+        "SELECT {run}, {entity}, 'delete', t.{key}::text, to_jsonb(t) FROM {target} t WHERE {gone}"
+    ).format(run=sql.Literal(run_id), entity=sql.Literal(entity.name), key=key, target=target, gone=gone))
+    deleted = dest.execute(sql.SQL("DELETE FROM {target} t WHERE {gone}").format(target=target, gone=gone)).rowcount
+    if entity.name == "users":
+        dest.execute("DELETE FROM auth.users a WHERE NOT EXISTS (SELECT 1 FROM public.users u WHERE u.id = a.id)")
+    for ledger in ("quarantine", "exclusions"):
+        dest.execute(sql.SQL(
+            "DELETE FROM migration.{ledger} q WHERE q.entity = {entity} AND NOT EXISTS "
+            "(SELECT 1 FROM {stage} s WHERE s.{key}::text = q.source_key)"
+        ).format(ledger=sql.Identifier(ledger), entity=sql.Literal(entity.name), stage=stage, key=key))
+    if deleted:
+        log.info("%s: %d destination rows deleted, their source rows are gone (hard deletes)", entity.name, deleted)
+    dest.commit()
+    return deleted
+
+
+def record_ledgers(dest: psycopg.Connection, entity: Entity, table: str, run_id: str) -> None:
+    """Quarantine and exclusion ledgers: add this run's rows, drop keys that now load."""
+    stage, key = _stage(table), sql.Identifier(entity.key)
+    params = {"entity": sql.Literal(entity.name), "run": sql.Literal(run_id), "stage": stage, "key": key}
+    dest.execute(sql.SQL(
+        "INSERT INTO migration.quarantine (entity, source_key, reason, source_row, run_id) "
+        "SELECT {entity}, s.{key}::text, s._reason, s._source, {run} FROM {stage} s "
+        "WHERE s._disposition = 'quarantined' "
+        "ON CONFLICT (entity, source_key) DO UPDATE SET reason = EXCLUDED.reason, "
+        "source_row = EXCLUDED.source_row, run_id = EXCLUDED.run_id, last_seen_at = now()"
+    ).format(**params))
+    dest.execute(sql.SQL(
+        "INSERT INTO migration.exclusions (entity, source_key, rule, detail, run_id) "
+        "SELECT {entity}, s.{key}::text, s._reason, s._maps_to, {run} FROM {stage} s "
+        "WHERE s._disposition = 'excluded' "
+        "ON CONFLICT (entity, source_key) DO UPDATE SET rule = EXCLUDED.rule, detail = EXCLUDED.detail, "
+        "run_id = EXCLUDED.run_id"
+    ).format(**params))
+    for ledger, disposition in (("quarantine", "quarantined"), ("exclusions", "excluded")):
+        dest.execute(sql.SQL(
+            "DELETE FROM migration.{ledger} q USING {stage} s WHERE q.entity = {entity} "
+            "AND q.source_key = s.{key}::text AND s._disposition <> {disp}"
+        ).format(ledger=sql.Identifier(ledger), disp=sql.Literal(disposition), **params))
+    if entity.name == "users":
+        dest.execute(sql.SQL(
+            "INSERT INTO migration.user_id_map (loser_id, survivor_id, email, run_id) "
+            "SELECT s.id, s._maps_to::uuid, s.email, {run} FROM {stage} s WHERE s._reason = 'merged_duplicate' "
+            "ON CONFLICT (loser_id) DO UPDATE SET survivor_id = EXCLUDED.survivor_id, email = EXCLUDED.email, "
+            "run_id = EXCLUDED.run_id"
+        ).format(**params))
+        dest.execute(sql.SQL(
+            "DELETE FROM migration.user_id_map m USING {stage} s WHERE m.loser_id = s.id "
+            "AND s._reason <> 'merged_duplicate'").format(**params))

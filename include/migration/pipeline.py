@@ -1,0 +1,349 @@
+"""The steps of an entity's run, callable with or without Airflow.
+
+Each step takes small arguments (entity name, run id, params) and returns a
+small descriptor; the rows themselves stay in the databases. The DAG factory
+wraps each step in a task; tests and the benchmark call them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from include.migration import db, extract as extract_mod, load as load_mod, runs
+from include.migration.entities import Entity, get
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 50_000
+DEFAULT_QUARANTINE_THRESHOLD_PCT = 0.1
+
+
+class AccountingMismatch(RuntimeError):
+    pass
+
+
+class QuarantineThresholdExceeded(RuntimeError):
+    pass
+
+
+class ReconciliationFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Conns:
+    legacy: str
+    dest: str
+
+    @classmethod
+    def from_airflow(cls) -> Conns:
+        return cls(db.dsn_for(db.LEGACY_CONN_ID), db.dsn_for(db.DEST_CONN_ID))
+
+
+def _fmt(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run: bool) -> dict[str, Any]:
+    entity = get(entity_name)
+    with db.connection(conns.dest) as dest:
+        run = runs.start(dest, entity.name, dag_run_id, mode, dry_run)
+        scope = extract_mod.plan_scope(dest, entity, mode)
+        dest.commit()
+    log.info("%s: %s run %s%s; scope: %s", entity.name, mode, run.run_id, " (dry run)" if dry_run else "",
+             scope.describe())
+    res = extract_mod.extract(conns.legacy, conns.dest, entity, run.run_id, scope)
+    rate = res.rows / res.seconds if res.seconds else 0.0
+    log.info("%s: extracted %s rows (%.1f MB) from %s into stage %s in %.2f s, %s rows/s",
+             entity.name, _fmt(res.rows), res.bytes / 1e6, db.describe(conns.legacy), res.stage_table,
+             res.seconds, _fmt(int(rate)))
+    with db.connection(conns.dest) as dest:
+        runs.update(dest, run.run_id, scope=scope.as_dict(), stage_table=res.stage_table, stage_rows=res.rows,
+                    source_rows=res.source_rows, load_progress=None, counts={"extract_seconds": res.seconds})
+        dest.commit()
+    if res.source_rows is not None and res.source_rows != res.rows:
+        raise AccountingMismatch(
+            f"{entity.name}: the source has {res.source_rows} rows but {res.rows} reached the stage; "
+            "nothing was loaded. Rerun; if it repeats, the transform SQL drops rows (a bug).")
+    return {"run_id": run.run_id, "stage_rows": res.rows, "scope": scope.kind}
+
+
+def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
+    entity = get(entity_name)
+    with db.connection(conns.dest) as dest:
+        run = _run(dest, run_id)
+        counts = load_mod.check_stage(dest, entity, run.stage_table)
+        repairs = load_mod.repair_counts(dest, run.stage_table)
+        runs.update(dest, run_id, report={"dispositions": counts, "repaired": repairs})
+        dest.commit()
+        by_disp: dict[str, int] = {}
+        for k, n in counts.items():
+            by_disp[k.split(":")[0]] = by_disp.get(k.split(":")[0], 0) + n
+        log.info("%s: %s rows in scope: %s loaded, %s excluded, %s quarantined; repaired: %s", entity.name,
+                 _fmt(run.stage_rows), _fmt(by_disp.get("loaded", 0)), _fmt(by_disp.get("excluded", 0)),
+                 _fmt(by_disp.get("quarantined", 0)),
+                 ", ".join(f"{k} {v}" for k, v in repairs.items()) or "none")
+        if run.dry_run:
+            plan = load_mod.plan_changes(dest, entity, run.stage_table, full=run.mode == "full")
+            runs.update(dest, run_id, report={"dry_run_plan": plan})
+            dest.commit()
+            log.info("%s: DRY RUN, nothing will be written. A load would: %s", entity.name,
+                     ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in plan.items()))
+            for line in accounting_table(entity.name, run.stage_rows or 0, counts):
+                log.info(line)
+    return {"run_id": run_id, "dispositions": counts}
+
+
+def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
+         quarantine_threshold_pct: float = DEFAULT_QUARANTINE_THRESHOLD_PCT, gate: dict | None = None,
+         lock_wait_seconds: float = 60.0) -> dict[str, Any]:
+    """Gate, lock, merge, account. Raises if the accounting does not add up."""
+    entity = get(entity_name)
+    with db.connection(conns.dest) as dest:
+        run = _run(dest, run_id)
+        if run.dry_run:
+            log.info("%s: dry run, the load writes nothing", entity.name)
+            return {"run_id": run_id, "dry_run": True}
+        if gate is not None:
+            from include.migration.gate import check_load_allowed
+
+            accepted = check_load_allowed(dest, entity.name, run_id=run_id, **gate)
+            dest.commit()
+            if accepted:
+                log.warning("%s: schema differences accepted for this run only: %s", entity.name,
+                            ", ".join(accepted))
+    with runs.EntityLock(conns.dest, entity.name, run_id, wait_seconds=lock_wait_seconds), \
+            db.connection(conns.dest, application=f"migration-load-{entity.name}") as dest:
+        run = _run(dest, run_id)
+        if run.status == "loaded":
+            log.info("%s: run %s already loaded; nothing to do", entity.name, run_id)
+            return {"run_id": run_id, **run.counts.get("load", {})}
+        _check_stage_intact(dest, run)
+        result = load_mod.load(dest, entity, run, batch_size=batch_size, full=run.mode == "full")
+        rate = (result.inserted + result.updated) / result.seconds if result.seconds else 0
+        log.info("%s: load done: %s inserted, %s updated, %s deleted in %d chunks, %.2f s (%s rows/s written)",
+                 entity.name, _fmt(result.inserted), _fmt(result.updated), _fmt(result.deleted), result.chunks,
+                 result.seconds, _fmt(int(rate)))
+        accounting = account(dest, entity, run, result)
+        _advance_watermark(dest, entity, run)
+        runs.update(dest, run_id, status="loaded", counts={"accounting": accounting})
+        dest.commit()
+    _enforce_quarantine_threshold(conns, entity, run, quarantine_threshold_pct)
+    return {"run_id": run_id, **result.as_dict()}
+
+
+def _run(dest, run_id: str) -> runs.Run:
+    run = runs.get(dest, run_id)
+    if run is None or run.stage_table is None:
+        raise RuntimeError(f"run {run_id} has no extract; rerun the whole DAG run (clear from extract)")
+    return run
+
+
+def _check_stage_intact(dest, run: runs.Run) -> None:
+    exists = dest.execute("SELECT to_regclass(%s)", (f"migration_stage.{run.stage_table}",)).fetchone()[0]
+    rows = dest.execute(sql.SQL("SELECT count(*) FROM {}").format(
+        sql.Identifier("migration_stage", run.stage_table))).fetchone()[0] if exists else 0
+    if rows != run.stage_rows:
+        raise RuntimeError(
+            f"{run.entity}: the stage {run.stage_table} holds {rows} rows, the extract wrote {run.stage_rows} "
+            "(the destination restarted after a crash and emptied the unlogged stage?). "
+            "Clear this DAG run from its extract task to stage again; loaded chunks are not written twice.")
+
+
+def account(dest, entity: Entity, run: runs.Run, result: load_mod.LoadResult) -> dict[str, Any]:
+    """The accounting invariant: in scope = loaded + excluded + quarantined, proven
+    against the destination; stored per reason in ``migration.run_accounting``."""
+    stage = sql.Identifier("migration_stage", run.stage_table)
+    rows = dest.execute(sql.SQL(
+        "SELECT _disposition, _reason, count(*) FROM {} GROUP BY 1, 2 ORDER BY 1, 2").format(stage)).fetchall()
+    counts = {f"{d}:{r}": n for d, r, n in rows}
+    total = {d: sum(n for dd, _, n in rows if dd == d) for d in ("loaded", "excluded", "quarantined")}
+    present = dest.execute(sql.SQL(
+        "SELECT count(*) FROM {stage} s JOIN {target} t ON t.{key} = s.{key} WHERE s._disposition = 'loaded'"
+    ).format(stage=stage, target=sql.Identifier(entity.schema_name, entity.target_table),
+             key=sql.Identifier(entity.key))).fetchone()[0]
+    in_ledgers = dest.execute(sql.SQL(
+        "SELECT (SELECT count(*) FROM migration.quarantine q JOIN {stage} s ON s.{key}::text = q.source_key "
+        "        WHERE q.entity = %s AND s._disposition = 'quarantined'), "
+        "       (SELECT count(*) FROM migration.exclusions x JOIN {stage} s ON s.{key}::text = x.source_key "
+        "        WHERE x.entity = %s AND s._disposition = 'excluded')"
+    ).format(stage=stage, key=sql.Identifier(entity.key)), (entity.name, entity.name)).fetchone()
+    problems = []
+    in_scope = run.stage_rows or 0
+    if sum(total.values()) != in_scope:
+        problems.append(f"dispositions add up to {sum(total.values())}, not the {in_scope} rows in scope")
+    if run.source_rows is not None and run.source_rows != in_scope:
+        problems.append(f"the source had {run.source_rows} rows, the stage {in_scope}")
+    if present != total["loaded"]:
+        problems.append(f"{total['loaded']} rows should be loaded but {present} are in the destination")
+    if in_ledgers[0] != total["quarantined"]:
+        problems.append(f"{total['quarantined']} quarantined but {in_ledgers[0]} in migration.quarantine")
+    if in_ledgers[1] != total["excluded"]:
+        problems.append(f"{total['excluded']} excluded but {in_ledgers[1]} in migration.exclusions")
+    dest.execute("DELETE FROM migration.run_accounting WHERE run_id = %s", (run.run_id,))
+    for key, n in counts.items():
+        disposition, reason = key.split(":", 1)
+        dest.execute("INSERT INTO migration.run_accounting (run_id, entity, disposition, reason, rows) "
+                     "VALUES (%s, %s, %s, %s, %s)", (run.run_id, entity.name, disposition, reason, n))
+    summary = {"in_scope": in_scope, **total, "present_in_destination": present,
+               "inserted": result.inserted, "updated": result.updated,
+               "unchanged": total["loaded"] - result.inserted - result.updated,
+               "deleted": result.deleted, "by_reason": counts, "balanced": not problems}
+    runs.update(dest, run.run_id, counts={"accounting": summary})
+    dest.commit()
+    for line in accounting_table(entity.name, in_scope, counts):
+        log.info(line)
+    if problems:
+        raise AccountingMismatch(f"{entity.name}: the accounting does not balance: " + "; ".join(problems))
+    log.info("%s: accounting balanced: %s in scope = %s loaded + %s excluded + %s quarantined; "
+             "all %s loaded rows are in the destination", entity.name, _fmt(in_scope), _fmt(total["loaded"]),
+             _fmt(total["excluded"]), _fmt(total["quarantined"]), _fmt(present))
+    return summary
+
+
+def accounting_table(entity: str, in_scope: int, counts: dict[str, int]) -> list[str]:
+    lines = [f"{entity} accounting", f"  {'disposition':<12} {'reason':<34} {'rows':>12}"]
+    for key in sorted(counts):
+        d, r = key.split(":", 1)
+        lines.append(f"  {d:<12} {r:<34} {counts[key]:>12,}")
+    lines.append(f"  {'in scope':<12} {'':<34} {in_scope:>12,}")
+    return lines
+
+
+def _advance_watermark(dest, entity: Entity, run: runs.Run) -> None:
+    stage = sql.Identifier("migration_stage", run.stage_table)
+    max_key_expr = sql.SQL("max({})::text").format(sql.Identifier(entity.key)) if entity.append_only \
+        else sql.SQL("NULL::text")
+    change_ts, max_key = dest.execute(sql.SQL("SELECT max(_change_ts), {} FROM {}").format(
+        max_key_expr, stage)).fetchone()
+    old = runs.watermark(dest, entity.name)
+    last_key = max_key if entity.append_only else None
+    if entity.append_only and old and old.last_key and max_key and int(old.last_key) > int(max_key):
+        last_key = old.last_key
+    if change_ts is None and old is not None:
+        change_ts = old.change_ts
+    runs.set_watermark(dest, entity.name, runs.Watermark(change_ts, last_key or (old.last_key if old else None)),
+                       run.run_id)
+
+
+def _enforce_quarantine_threshold(conns: Conns, entity: Entity, run: runs.Run, threshold_pct: float) -> None:
+    with db.connection(conns.dest) as dest:
+        quarantined, total = dest.execute(sql.SQL(
+            "SELECT (SELECT count(*) FROM migration.quarantine WHERE entity = %s), "
+            "(SELECT count(*) FROM {t}) + (SELECT count(*) FROM migration.quarantine WHERE entity = %s) "
+            "+ (SELECT count(*) FROM migration.exclusions WHERE entity = %s)"
+        ).format(t=sql.Identifier(entity.schema_name, entity.target_table)),
+            (entity.name, entity.name, entity.name)).fetchone()
+    pct = 100.0 * quarantined / total if total else 0.0
+    if pct > threshold_pct:
+        raise QuarantineThresholdExceeded(
+            f"{entity.name}: {quarantined} rows are in quarantine, {pct:.3f}% of the {total} known rows, above "
+            f"the {threshold_pct}% threshold. The load and its report are written; read migration.quarantine "
+            f"(entity '{entity.name}') for the reasons. For a known-dirty source, rerun with the param "
+            f"quarantine_threshold_pct raised.")
+    log.info("%s: quarantine %d rows, %.3f%% of %d known rows (threshold %s%%)", entity.name, quarantined, pct,
+             total, threshold_pct)
+
+
+def validate(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
+    from include.migration import validation
+
+    entity = get(entity_name)
+    expected = expected_rows(conns, entity)
+    report = validation.validate_table(db.sqlalchemy_url(conns.dest), table=entity.target_table,
+                                       schema=entity.schema_name, key_column=entity.key,
+                                       suite=validation.load_suite(entity.name), expected_row_count=expected)
+    for line in report.summary_lines():
+        log.info("%s: %s", entity.name, line)
+    with db.connection(conns.dest) as dest:
+        runs.update(dest, run_id, report={"validation": {"success": report.success,
+                                                          "lines": report.summary_lines()}})
+        dest.commit()
+    if not report.success:
+        raise ValidationFailed(f"{entity.name}: validation failed\n{report.failure_message()}")
+    return {"run_id": run_id, "validated": True, "expected_rows": expected}
+
+
+class ValidationFailed(RuntimeError):
+    pass
+
+
+def expected_rows(conns: Conns, entity: Entity) -> int:
+    """Rows the destination should hold: the source's loadable rows, less those the
+    destination itself quarantined (the same set the reconciliation compares)."""
+    query = extract_mod.transform_query(entity, extract_mod.Scope(kind="all"))
+    with db.connection(conns.legacy) as legacy:
+        legacy.read_only = True
+        keys_loaded = legacy.execute(sql.SQL(
+            "SELECT count(*) FROM ({}) t WHERE t._disposition = 'loaded'").format(query)).fetchone()[0]
+    with db.connection(conns.dest) as dest:
+        dest_only = dest.execute(
+            "SELECT count(*) FROM migration.quarantine WHERE entity = %s AND reason IN "
+            "('email_taken_in_destination') OR (entity = %s AND reason LIKE '%%_not_in_destination')",
+            (entity.name, entity.name)).fetchone()[0]
+    return keys_loaded - dest_only
+
+
+def reconcile(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
+    from include.migration import reconcile as rec_mod
+
+    entity = get(entity_name)
+    rec = rec_mod.reconcile(conns.legacy, conns.dest, entity)
+    path = rec_mod.persist(conns.dest, run_id, rec)
+    log.info(rec.verdict_line())
+    log.info("%s: reconciliation report written to %s (%.2f s)", entity.name, path, rec.seconds)
+    with db.connection(conns.dest) as dest:
+        mode = _run(dest, run_id).mode
+    only_extra = rec.extra and not (rec.missing or rec.different or rec.differing_buckets)
+    if mode == "incremental" and only_extra:
+        # Incremental runs do not look for hard deletes (that needs every key);
+        # rows gone from the source wait for the next full run.
+        log.warning("%s: %d destination rows have no source row any more (hard deletes); the next full run "
+                    "removes them. Keys: %s", entity.name, len(rec.extra), ", ".join(rec.extra[:10]))
+        finish(conns, run_id, "succeeded")
+        return {"run_id": run_id, "verdict": "pending_hard_deletes", "rows": rec.target_rows}
+    finish(conns, run_id, "succeeded" if rec.clean else "reconciliation_failed")
+    if not rec.clean:
+        raise ReconciliationFailed(rec.verdict_line())
+    return {"run_id": run_id, "verdict": "clean", "rows": rec.target_rows}
+
+
+def finish(conns: Conns, run_id: str, status: str) -> None:
+    """Close the run and drop its stage."""
+    with db.connection(conns.dest) as dest:
+        run = runs.get(dest, run_id)
+        if run and run.stage_table:
+            dest.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("migration_stage",
+                                                                                  run.stage_table)))
+        runs.update(dest, run_id, status=status, finished_at=_now(dest))
+        dest.commit()
+
+
+def _now(dest):
+    return dest.execute("SELECT now()").fetchone()[0]
+
+
+def run_entity(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str = "incremental",
+               dry_run: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, validate_with_gx: bool = True,
+               reconcile_after: bool = True, gate: dict | None = None,
+               quarantine_threshold_pct: float = DEFAULT_QUARANTINE_THRESHOLD_PCT) -> dict[str, Any]:
+    """Every step of one entity's run, in order, without Airflow (tests, benchmark)."""
+    out = extract(conns, entity_name, dag_run_id, mode=mode, dry_run=dry_run)
+    run_id = out["run_id"]
+    transform(conns, entity_name, run_id)
+    if dry_run:
+        finish(conns, run_id, "dry_run")
+        return {"run_id": run_id, "dry_run": True}
+    loaded = load(conns, entity_name, run_id, batch_size=batch_size, gate=gate,
+                  quarantine_threshold_pct=quarantine_threshold_pct)
+    if validate_with_gx:
+        validate(conns, entity_name, run_id)
+    if reconcile_after:
+        reconcile(conns, entity_name, run_id)
+    else:
+        finish(conns, run_id, "succeeded")
+    return {"run_id": run_id, **loaded}

@@ -1,0 +1,145 @@
+-- The pipeline's own state, in a private schema that anon and authenticated
+-- cannot reach (Supabase exposes `public` through its API; this is not exposed).
+-- Idempotent: applied on every bootstrap.
+
+CREATE SCHEMA IF NOT EXISTS migration;
+-- Per-run staging tables live here; dropped when their run has finished.
+CREATE SCHEMA IF NOT EXISTS migration_stage;
+
+REVOKE ALL ON SCHEMA migration, migration_stage FROM PUBLIC;
+DO $$
+DECLARE r text;
+BEGIN
+  FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+      EXECUTE format('REVOKE ALL ON SCHEMA migration, migration_stage FROM %I', r);
+      EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA migration, migration_stage FROM %I', r);
+    END IF;
+  END LOOP;
+END $$;
+
+-- One row per entity per DAG run: what it was asked to do and what it did.
+CREATE TABLE IF NOT EXISTS migration.runs (
+    run_id          text PRIMARY KEY,          -- '<entity>:<airflow run id>'
+    entity          text NOT NULL,
+    mode            text NOT NULL CHECK (mode IN ('full', 'incremental')),
+    dry_run         boolean NOT NULL DEFAULT false,
+    dag_run_id      text,
+    status          text NOT NULL DEFAULT 'running',
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    finished_at     timestamptz,
+    scope           jsonb NOT NULL DEFAULT '{}',  -- since / until / retry keys: what was extracted
+    stage_table     text,
+    stage_rows      bigint,
+    source_rows     bigint,                       -- rows of the source table (full runs)
+    load_progress   text,                         -- last stage key whose chunk committed
+    counts          jsonb NOT NULL DEFAULT '{}',  -- inserted / updated / unchanged / deleted ...
+    report          jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS runs_entity_started ON migration.runs (entity, started_at DESC);
+
+-- Where the next incremental run of an entity starts.
+CREATE TABLE IF NOT EXISTS migration.watermarks (
+    entity      text PRIMARY KEY,
+    change_ts   timestamp,        -- legacy change timestamp (naive UTC, like the source)
+    last_key    text,             -- append-only entities: the highest key loaded
+    run_id      text NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- The accounting of every run: in scope = loaded + excluded + quarantined.
+CREATE TABLE IF NOT EXISTS migration.run_accounting (
+    run_id       text NOT NULL REFERENCES migration.runs ON DELETE CASCADE,
+    entity       text NOT NULL,
+    disposition  text NOT NULL CHECK (disposition IN ('loaded', 'excluded', 'quarantined')),
+    reason       text NOT NULL,
+    rows         bigint NOT NULL,
+    PRIMARY KEY (run_id, disposition, reason)
+);
+
+-- Rows that could not be loaded, kept whole, until a later run loads them.
+CREATE TABLE IF NOT EXISTS migration.quarantine (
+    entity         text NOT NULL,
+    source_key     text NOT NULL,
+    reason         text NOT NULL,
+    source_row     jsonb,
+    run_id         text NOT NULL,
+    first_seen_at  timestamptz NOT NULL DEFAULT now(),
+    last_seen_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (entity, source_key)
+);
+
+-- Rows left out on purpose, by a documented rule (README: transform rules).
+CREATE TABLE IF NOT EXISTS migration.exclusions (
+    entity      text NOT NULL,
+    source_key  text NOT NULL,
+    rule        text NOT NULL,
+    detail      text,
+    run_id      text NOT NULL,
+    PRIMARY KEY (entity, source_key)
+);
+
+-- Duplicate accounts merged into one: every child row of a loser points at its survivor.
+CREATE TABLE IF NOT EXISTS migration.user_id_map (
+    loser_id     uuid PRIMARY KEY,
+    survivor_id  uuid NOT NULL,
+    email        text NOT NULL,
+    run_id       text NOT NULL
+);
+
+-- Before-images of every destination row a run changed, for the rollback DAG.
+CREATE TABLE IF NOT EXISTS migration.before_images (
+    run_id      text NOT NULL,
+    entity      text NOT NULL,
+    op          text NOT NULL CHECK (op IN ('insert', 'update', 'delete')),
+    keys        text[],           -- inserts: the keys of one chunk
+    source_key  text,             -- updates / deletes: one row each
+    row_image   jsonb,
+    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS before_images_run ON migration.before_images (run_id);
+
+-- Reconciliation verdicts with the keys that differ.
+CREATE TABLE IF NOT EXISTS migration.reconciliations (
+    run_id         text NOT NULL,
+    entity         text NOT NULL,
+    checked_at     timestamptz NOT NULL DEFAULT now(),
+    verdict        text NOT NULL CHECK (verdict IN ('clean', 'differences')),
+    source_rows    bigint NOT NULL,
+    target_rows    bigint NOT NULL,
+    buckets        integer NOT NULL,
+    missing        jsonb NOT NULL DEFAULT '[]',
+    extra          jsonb NOT NULL DEFAULT '[]',
+    different      jsonb NOT NULL DEFAULT '[]',
+    PRIMARY KEY (run_id, entity)
+);
+
+-- Who holds an entity's write lock (the lock itself is an advisory lock).
+CREATE TABLE IF NOT EXISTS migration.locks (
+    entity       text PRIMARY KEY,
+    run_id       text NOT NULL,
+    holder       text NOT NULL,
+    acquired_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Schema-diff results and operator overrides (the load gate reads them).
+CREATE TABLE IF NOT EXISTS migration.schema_checks (
+    check_id    bigserial PRIMARY KEY,
+    checked_at  timestamptz NOT NULL DEFAULT now(),
+    dag_run_id  text,
+    verdict     text NOT NULL CHECK (verdict IN ('compatible', 'breaking')),
+    blocked     jsonb NOT NULL DEFAULT '{}',   -- entity -> list of breaking difference ids
+    report      jsonb NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS migration.schema_overrides (
+    override_id    bigserial PRIMARY KEY,
+    entity         text NOT NULL,
+    difference_id  text NOT NULL,
+    accepted_by    text NOT NULL,
+    reason         text NOT NULL,
+    run_id         text NOT NULL,
+    accepted_at    timestamptz NOT NULL DEFAULT now()
+);
+
+REVOKE ALL ON ALL TABLES IN SCHEMA migration FROM PUBLIC;
