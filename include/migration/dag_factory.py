@@ -1,0 +1,155 @@
+"""Builds the per-entity DAGs: extract -> transform -> load -> validate -> reconcile.
+
+A DAG file is one call, ``entity_dag("users", __doc__)``. Building a DAG
+touches no database and imports nothing heavy: connections are resolved
+inside the tasks, at run time. Tasks pass only small descriptors (run id,
+counts) through XCom; the rows stay in the databases.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from include.migration import pipeline
+from include.migration.assets import ENTITY_ASSETS, UPSTREAM
+
+MODES = ["incremental", "full"]
+
+
+def entity_params() -> dict[str, Param]:
+    return {
+        "mode": Param("incremental", enum=MODES, description=(
+            "incremental: rows changed since the last run (the nightly default); full: every source row, "
+            "and destination rows whose source row is gone are deleted. A run started by its parent's "
+            "asset takes the parent's mode.")),
+        "dry_run": Param(False, type="boolean", description=(
+            "Report what would be inserted / updated / unchanged / excluded / quarantined, and write "
+            "nothing to the destination tables.")),
+        "batch_size": Param(pipeline.DEFAULT_BATCH_SIZE, type="integer", minimum=100, maximum=1_000_000,
+                            description="Rows per load chunk; each chunk commits in its own transaction."),
+        "quarantine_threshold_pct": Param(pipeline.DEFAULT_QUARANTINE_THRESHOLD_PCT, type="number", minimum=0,
+                                          maximum=100, description=(
+            "Fail the run (after its report is written) when quarantined rows exceed this percentage of the "
+            "entity's rows. Raise it for a known-dirty source.")),
+        "accept_schema_differences": Param([], type="array", description=(
+            "Breaking schema difference ids (from the schema_diff report) a human accepts for this run "
+            "only. Recorded with who and why.")),
+        "override_reason": Param("", type="string", description="Why the differences above are acceptable."),
+        "schema_max_age_hours": Param(26.0, type="number", minimum=0, description=(
+            "The load refuses to run without a schema check newer than this.")),
+    }
+
+
+def _from_parent(context: Any, key: str) -> Any:
+    """A value the parent's asset event carries (mode, dry_run), or None."""
+    events = context.get("triggering_asset_events") or {}
+    try:
+        for evs in events.values():
+            for ev in evs:
+                value = (getattr(ev, "extra", None) or {}).get(key)
+                if value is not None:
+                    return value
+    except (AttributeError, TypeError):
+        pass
+    return None
+
+
+def resolve_mode(context: Any) -> str:
+    """The parent's mode when started by an asset event, else the param."""
+    mode = _from_parent(context, "mode")
+    return mode if mode in MODES else context["params"]["mode"]
+
+
+def resolve_dry_run(context: Any) -> bool:
+    """A parent's dry run makes its children dry runs too: a dry run never writes."""
+    return bool(_from_parent(context, "dry_run") or context["params"]["dry_run"])
+
+
+def _who(context: Any) -> str:
+    dag_run = context["dag_run"]
+    return getattr(dag_run, "triggering_user_name", None) or f"{dag_run.run_type} run"
+
+
+def _fail(exc: Exception) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    # Retrying cannot fix these; the message is what the operator reads.
+    raise AirflowFailException(str(exc)) from None
+
+
+def entity_dag(name: str, doc: str | None) -> Any:
+    outlet = ENTITY_ASSETS[name]
+
+    @dag(
+        dag_id=f"migrate_{name}",
+        schedule=UPSTREAM[name],
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        tags=["migration", name],
+        doc_md=doc,
+        params=entity_params(),
+        default_args={"retries": 2, "retry_delay": timedelta(seconds=20)},
+    )
+    def migrate() -> None:
+        @task
+        def extract() -> dict:
+            context = get_current_context()
+            mode = resolve_mode(context)
+            return pipeline.extract(pipeline.Conns.from_airflow(), name, context["run_id"], mode=mode,
+                                    dry_run=resolve_dry_run(context))
+
+        @task
+        def transform(extracted: dict) -> dict:
+            return pipeline.transform(pipeline.Conns.from_airflow(), name, extracted["run_id"])
+
+        @task
+        def load(transformed: dict) -> dict:
+            from include.migration.gate import SchemaGateClosed
+
+            context = get_current_context()
+            params = context["params"]
+            gate = {"max_age_hours": float(params["schema_max_age_hours"]),
+                    "accept": list(params["accept_schema_differences"] or []),
+                    "accepted_by": _who(context), "reason": params["override_reason"] or None}
+            try:
+                return pipeline.load(pipeline.Conns.from_airflow(), name, transformed["run_id"],
+                                     batch_size=int(params["batch_size"]), gate=gate,
+                                     quarantine_threshold_pct=float(params["quarantine_threshold_pct"]))
+            except (SchemaGateClosed, pipeline.AccountingMismatch, pipeline.QuarantineThresholdExceeded) as exc:
+                _fail(exc)
+                raise
+
+        @task
+        def validate(loaded: dict) -> dict:
+            if loaded.get("dry_run"):
+                return loaded
+            try:
+                return pipeline.validate(pipeline.Conns.from_airflow(), name, loaded["run_id"])
+            except pipeline.ValidationFailed as exc:
+                _fail(exc)
+                raise
+
+        @task(outlets=[outlet])
+        def reconcile(validated: dict) -> dict:
+            context = get_current_context()
+            conns = pipeline.Conns.from_airflow()
+            if validated.get("dry_run"):
+                pipeline.finish(conns, validated["run_id"], "dry_run")
+                result = {"run_id": validated["run_id"], "verdict": "dry_run"}
+            else:
+                try:
+                    result = pipeline.reconcile(conns, name, validated["run_id"])
+                except pipeline.ReconciliationFailed as exc:
+                    _fail(exc)
+                    raise
+            context["outlet_events"][outlet].extra = {"mode": resolve_mode(context),
+                                                      "dry_run": resolve_dry_run(context)}
+            return result
+
+        reconcile(validate(load(transform(extract()))))
+
+    return migrate()
