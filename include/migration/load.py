@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from include.migration import runs
+from include.migration import images, runs
 from include.migration.entities import ENTITIES, Entity
 
 log = logging.getLogger(__name__)
@@ -146,32 +146,31 @@ def chunk_bounds(dest: psycopg.Connection, entity: Entity, table: str, batch_siz
     return [r[0] for r in rows]
 
 
+def _delete_table(entity: Entity) -> tuple[str, str]:
+    """Where a delete of the entity's rows starts: users go through auth.users,
+    whose delete cascades to public.users (and from there to their rows)."""
+    return ("auth", "users") if entity.name == "users" else (entity.schema_name, entity.target_table)
+
+
+def _delete_with_images(dest: psycopg.Connection, entity: Entity, run_id: str, keys: sql.Composable) -> int:
+    """Image, then delete, the destination rows whose key is in ``keys`` (a subquery)."""
+    schema, table = _delete_table(entity)
+    where = sql.SQL("t.{} IN ({})").format(sql.Identifier(entity.key), keys)
+    images.image_deletes(dest, run_id, schema, table, where)
+    return dest.execute(sql.SQL("DELETE FROM {} t WHERE {}").format(sql.Identifier(schema, table), where)).rowcount
+
+
 def remove_non_loaded(dest: psycopg.Connection, entity: Entity, table: str, run_id: str) -> int:
     """Delete destination rows whose source row is now excluded or quarantined.
 
     Users merged into a survivor hand their children to the survivor first.
     Runs in the caller's transaction.
     """
-    stage, target, key = _stage(table), _target(entity), sql.Identifier(entity.key)
     if entity.name == "users":
         _merge_losers_present(dest, table, run_id)
-    dest.execute(
-        sql.SQL(
-            "INSERT INTO migration.before_images (run_id, entity, op, source_key, row_image) "
-            "SELECT {run}, {entity}, 'delete', t.{key}::text, to_jsonb(t) FROM {target} t "
-            "JOIN {stage} s ON s.{key} = t.{key} WHERE s._disposition <> 'loaded'"
-        ).format(run=sql.Literal(run_id), entity=sql.Literal(entity.name), key=key, target=target, stage=stage)
-    )
-    cur = dest.execute(
-        sql.SQL("DELETE FROM {target} t USING {stage} s WHERE s.{key} = t.{key} AND s._disposition <> 'loaded'")
-        .format(target=target, stage=stage, key=key)
-    )
-    deleted = cur.rowcount
-    if entity.name == "users":
-        dest.execute(sql.SQL(
-            "DELETE FROM auth.users a USING {stage} s WHERE s.id = a.id AND s._disposition <> 'loaded'"
-        ).format(stage=stage))
-    return deleted
+    keys = sql.SQL("SELECT s.{key} FROM {stage} s WHERE s._disposition <> 'loaded'").format(
+        key=sql.Identifier(entity.key), stage=_stage(table))
+    return _delete_with_images(dest, entity, run_id, keys)
 
 
 def _merge_losers_present(dest: psycopg.Connection, table: str, run_id: str) -> None:
@@ -185,6 +184,9 @@ def _merge_losers_present(dest: psycopg.Connection, table: str, run_id: str) -> 
     if not losers:
         return
     loser_ids = [row[0] for row in losers]
+    is_loser = sql.SQL("t.id = ANY({})").format(sql.Literal(loser_ids))
+    images.image_updates(dest, run_id, "public", "users", is_loser)
+    images.image_updates(dest, run_id, "auth", "users", is_loser)
     dest.execute("UPDATE public.users SET email = 'merged+' || id || '@migration.invalid' WHERE id = ANY(%s)",
                  (loser_ids,))
     dest.execute("UPDATE auth.users SET email = 'merged+' || id || '@migration.invalid' WHERE id = ANY(%s)",
@@ -195,6 +197,8 @@ def _merge_losers_present(dest: psycopg.Connection, table: str, run_id: str) -> 
     for child, column in (("agents", "owner_id"), ("conversations", "user_id"), ("media", "owner_id")):
         exists = dest.execute("SELECT to_regclass(%s)", (f"public.{child}",)).fetchone()[0]
         if exists:
+            images.image_updates(dest, run_id, "public", child, sql.SQL("t.{} = ANY({})").format(
+                sql.Identifier(column), sql.Literal(loser_ids)))
             dest.execute(sql.SQL(
                 "UPDATE public.{child} c SET {col} = m._maps_to::uuid FROM {stage} m "
                 "WHERE m._reason = 'merged_duplicate' AND c.{col} = m.id"
@@ -207,16 +211,16 @@ def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
     stage, target, key = _stage(table), _target(entity), sql.Identifier(entity.key)
     names = entity.column_names
     non_key = [c for c in names if c != entity.key]
+    changing_keys = sql.SQL("SELECT s.{key} FROM {stage} s JOIN {target} t ON t.{key} = s.{key} "
+                            "WHERE s._disposition = 'loaded' AND {where} AND {diff}").format(
+        key=key, stage=stage, target=target, where=where, diff=_distinct_condition(entity, "t", "s"))
+    changing = sql.SQL("t.{} IN ({})").format(key, changing_keys)
+    images.image_updates(dest, run_id, entity.schema_name, entity.target_table, changing)
     if entity.name == "users":
+        images.image_updates(dest, run_id, "auth", "users", changing)
+        images.image_updates(dest, run_id, "auth", "identities",
+                             sql.SQL("t.user_id IN ({})").format(changing_keys))
         _upsert_auth(dest, table, where)
-    dest.execute(
-        sql.SQL(
-            "INSERT INTO migration.before_images (run_id, entity, op, source_key, row_image) "
-            "SELECT {run}, {entity}, 'update', t.{key}::text, to_jsonb(t) FROM {stage} s "
-            "JOIN {target} t ON t.{key} = s.{key} WHERE s._disposition = 'loaded' AND {where} AND {diff}"
-        ).format(run=sql.Literal(run_id), entity=sql.Literal(entity.name), key=key, stage=stage,
-                 target=target, where=where, diff=_distinct_condition(entity, "t", "s"))
-    )
     row = dest.execute(
         sql.SQL(
             "WITH m AS (INSERT INTO {target} AS t ({cols}) SELECT {scols} FROM {stage} s "
@@ -224,14 +228,14 @@ def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
             "ON CONFLICT ({key}) DO UPDATE SET ({noncols}) = ROW({excluded}) WHERE {diff} "
             "RETURNING t.{key}, (xmax = 0) AS inserted), "
             "i AS (INSERT INTO migration.before_images (run_id, entity, op, keys) "
-            "SELECT {run}, {entity}, 'insert', array_agg({key}::text) FROM m WHERE inserted HAVING count(*) > 0) "
+            "SELECT {run}, {label}, 'insert', array_agg({key}::text) FROM m WHERE inserted HAVING count(*) > 0) "
             "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM m"
         ).format(
             target=target, cols=_cols(names), scols=_cols(names, "s"), stage=stage, where=where, key=key,
             noncols=_cols(non_key),
             excluded=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in non_key),
             diff=_distinct_condition(entity, "t", "excluded"),
-            run=sql.Literal(run_id), entity=sql.Literal(entity.name),
+            run=sql.Literal(run_id), label=sql.Literal(images.table_label(*_delete_table(entity))),
         )
     ).fetchone()
     return row[0], row[1]
@@ -287,14 +291,9 @@ def load(dest: psycopg.Connection, entity: Entity, run: runs.Run, *, batch_size:
 def sweep_gone(dest: psycopg.Connection, entity: Entity, table: str, run_id: str) -> int:
     """Full runs: delete destination rows whose source row no longer exists (hard deletes)."""
     stage, target, key = _stage(table), _target(entity), sql.Identifier(entity.key)
-    gone = sql.SQL("NOT EXISTS (SELECT 1 FROM {stage} s WHERE s.{key} = t.{key})").format(stage=stage, key=key)
-    dest.execute(sql.SQL(
-        "INSERT INTO migration.before_images (run_id, entity, op, source_key, row_image) "
-        "SELECT {run}, {entity}, 'delete', t.{key}::text, to_jsonb(t) FROM {target} t WHERE {gone}"
-    ).format(run=sql.Literal(run_id), entity=sql.Literal(entity.name), key=key, target=target, gone=gone))
-    deleted = dest.execute(sql.SQL("DELETE FROM {target} t WHERE {gone}").format(target=target, gone=gone)).rowcount
-    if entity.name == "users":
-        dest.execute("DELETE FROM auth.users a WHERE NOT EXISTS (SELECT 1 FROM public.users u WHERE u.id = a.id)")
+    keys = sql.SQL("SELECT t.{key} FROM {target} t WHERE NOT EXISTS "
+                   "(SELECT 1 FROM {stage} s WHERE s.{key} = t.{key})").format(stage=stage, key=key, target=target)
+    deleted = _delete_with_images(dest, entity, run_id, keys)
     for ledger in ("quarantine", "exclusions"):
         dest.execute(sql.SQL(
             "DELETE FROM migration.{ledger} q WHERE q.entity = {entity} AND NOT EXISTS "

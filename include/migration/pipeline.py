@@ -123,6 +123,10 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
             log.info("%s: run %s already loaded; nothing to do", entity.name, run_id)
             return {"run_id": run_id, **run.counts.get("load", {})}
         _check_stage_intact(dest, run)
+        if run.load_progress is None:
+            wm = runs.watermark(dest, entity.name)
+            runs.update(dest, run_id, report={"watermark_before": runs.jsonable(wm.__dict__) if wm else None})
+            dest.commit()
         result = load_mod.load(dest, entity, run, batch_size=batch_size, full=run.mode == "full")
         rate = (result.inserted + result.updated) / result.seconds if result.seconds else 0
         log.info("%s: load done: %s inserted, %s updated, %s deleted in %d chunks, %.2f s (%s rows/s written)",
@@ -130,7 +134,10 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
                  result.seconds, _fmt(int(rate)))
         accounting = account(dest, entity, run, result)
         _advance_watermark(dest, entity, run)
-        runs.update(dest, run_id, status="loaded", counts={"accounting": accounting})
+        from include.migration.reconcile import fingerprint
+
+        runs.update(dest, run_id, status="loaded", finished_at=_now(dest),
+                    counts={"accounting": accounting, "fingerprint": fingerprint(dest, entity)})
         dest.commit()
     _enforce_quarantine_threshold(conns, entity, run, quarantine_threshold_pct)
     return {"run_id": run_id, **result.as_dict()}

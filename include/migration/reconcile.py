@@ -163,3 +163,11 @@ def report_dir(run_id: str) -> Path:
     path = base / safe
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def fingerprint(conn, entity: Entity) -> dict[str, int]:
+    """Row count and checksum of the destination table: the state a rollback must return to."""
+    row = conn.execute(sql.SQL(
+        "SELECT count(*), coalesce(sum(('x' || left({h}, 16))::bit(64)::bigint), 0) FROM {t} t"
+    ).format(h=_row_hash(entity, "t"), t=sql.Identifier(entity.schema_name, entity.target_table))).fetchone()
+    return {"rows": int(row[0]), "checksum": int(row[1])}

@@ -217,3 +217,32 @@ def test_incremental_follows_updates_inserts_and_deletes(world):
     pipeline.run_entity(world, "agents", "full-after", mode="full", validate_with_gx=False,
                         quarantine_threshold_pct=100)
     assert fetch(world.dest, "SELECT count(*) FROM public.agents WHERE id = %s", A[5]) == [(0,)]
+
+
+def test_rollback_of_the_second_run_restores_the_first_state(world):
+    from include.migration.entities import get
+    from include.migration.reconcile import fingerprint
+    from include.migration.rollback import rollback
+
+    seed_rules_world(world.legacy)
+    run_all(world, "r1")
+    with psycopg.connect(world.dest) as conn:
+        after_first = {n: fingerprint(conn, get(n)) for n in ORDER}
+        auth_first = conn.execute("SELECT count(*), md5(string_agg(u::text, ',' ORDER BY id)) FROM auth.users u").fetchone()
+    with psycopg.connect(world.legacy, autocommit=True) as conn:
+        conn.execute("UPDATE users SET display_name = 'Changed', updated_at = now() AT TIME ZONE 'UTC' WHERE id = %s", (U[6],))
+        conn.execute("UPDATE users SET deleted_at = now() AT TIME ZONE 'UTC' WHERE id = %s", (U[1],))  # cascades
+        conn.execute("INSERT INTO users (id, email, created_at) VALUES (%s, 'new@example.com', now() AT TIME ZONE 'UTC')", (U[20],))
+        conn.execute("DELETE FROM messages WHERE id = 2")
+    run_all(world, "r2")
+    assert fetch(world.dest, "SELECT count(*) FROM public.users WHERE id = %s", U[1]) == [(0,)]
+    # U1's history went with it; U2, no longer merged into U1, survives with its own conversation.
+    assert fetch(world.dest, "SELECT id FROM public.messages") == [(8,)]
+    assert fetch(world.dest, "SELECT user_id::text FROM public.conversations") == [(U[2],)]
+    result = rollback(world.dest, "users:r2", since=True)
+    assert result.proven, result.verdicts
+    with psycopg.connect(world.dest) as conn:
+        assert {n: fingerprint(conn, get(n)) for n in ORDER} == after_first
+        assert conn.execute("SELECT count(*), md5(string_agg(u::text, ',' ORDER BY id)) FROM auth.users u").fetchone() == auth_first
+    statuses = fetch(world.dest, "SELECT DISTINCT status FROM migration.runs WHERE run_id LIKE %s", "%:r2")
+    assert statuses == [("rolled_back",)]

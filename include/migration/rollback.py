@@ -1,0 +1,132 @@
+"""Rollback: put the destination back to where it was before a run (or several).
+
+Undoes a run's changes from its before-images in ``migration.before_images``,
+newest first, in one transaction: inserted keys are deleted, updated and
+deleted rows are written back. Watermarks return to where they stood before
+the earliest rolled-back run, and the media objects those runs uploaded are
+removed. Then it proves the result: each affected table's fingerprint (row
+count and checksum) must equal the one recorded when the last run before
+them finished (or an empty table, when there was none).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from include.migration import db, images, runs
+from include.migration.entities import ENTITIES
+from include.migration.reconcile import fingerprint
+
+log = logging.getLogger(__name__)
+
+
+class RollbackRefused(RuntimeError):
+    pass
+
+
+@dataclass
+class RollbackResult:
+    run_ids: list[str]
+    restored: dict[str, int] = field(default_factory=dict)  # table -> rows touched
+    verdicts: dict[str, str] = field(default_factory=dict)  # entity -> 'matches' / reason
+    removed_objects: list[str] = field(default_factory=list)
+
+    @property
+    def proven(self) -> bool:
+        return all(v == "matches" for v in self.verdicts.values())
+
+
+def select_runs(conn, run_id: str, since: bool) -> list[tuple[str, str, Any]]:
+    """(run_id, entity, started_at) of the runs to undo, newest first."""
+    row = conn.execute("SELECT started_at, status FROM migration.runs WHERE run_id = %s", (run_id,)).fetchone()
+    if row is None:
+        raise RollbackRefused(f"no run {run_id!r} in migration.runs (run ids look like 'users:manual__2026-...')")
+    if row[1] == "rolled_back":
+        raise RollbackRefused(f"run {run_id} was already rolled back")
+    if since:
+        return conn.execute(
+            "SELECT run_id, entity, started_at FROM migration.runs WHERE started_at >= %s AND status <> "
+            "'rolled_back' AND NOT dry_run ORDER BY started_at DESC", (row[0],)).fetchall()
+    later = conn.execute(
+        "SELECT r.run_id FROM migration.runs r WHERE r.started_at > %s AND r.status <> 'rolled_back' "
+        "AND NOT r.dry_run AND EXISTS (SELECT 1 FROM migration.before_images b WHERE b.run_id = r.run_id) "
+        "AND r.entity = (SELECT entity FROM migration.runs WHERE run_id = %s)", (row[0], run_id)).fetchall()
+    if later:
+        raise RollbackRefused(
+            f"run {run_id} has later runs of the same entity that changed rows ({', '.join(r[0] for r in later)}); "
+            "roll back everything since it instead (param since=true)")
+    return [(run_id, *conn.execute("SELECT entity, started_at FROM migration.runs WHERE run_id = %s",
+                                   (run_id,)).fetchone())]
+
+
+def rollback(dest_dsn: str, run_id: str, *, since: bool = False, storage_remover=None) -> RollbackResult:
+    with db.connection(dest_dsn, application="migration-rollback") as conn:
+        selected = select_runs(conn, run_id, since)
+        ids = [r[0] for r in selected]
+        result = RollbackResult(ids)
+        earliest = selected[-1][2]
+        rows = conn.execute(
+            "SELECT entity, op, row_image, keys FROM migration.before_images WHERE run_id = ANY(%s) "
+            "ORDER BY recorded_at DESC, ctid DESC", (ids,)).fetchall()
+        for label, op, image, keys in rows:
+            result.restored[label] = result.restored.get(label, 0) + images.restore(conn, label, op, image, keys)
+        _restore_watermarks(conn, selected)
+        objects = _uploaded_objects(conn, ids)
+        conn.execute("UPDATE migration.runs SET status = 'rolled_back' WHERE run_id = ANY(%s)", (ids,))
+        conn.commit()
+        if objects and storage_remover is not None:
+            storage_remover(objects)
+            result.removed_objects = objects
+        for entity in sorted({r[1] for r in selected}):
+            result.verdicts[entity] = _verify(conn, entity, earliest)
+    for table, n in sorted(result.restored.items()):
+        log.info("rollback: %s: %d rows put back or removed", table, n)
+    for entity, verdict in result.verdicts.items():
+        log.info("rollback: %s: destination %s the state after the last run before %s", entity,
+                 "MATCHES" if verdict == "matches" else f"DOES NOT MATCH ({verdict})", run_id)
+    return result
+
+
+def _restore_watermarks(conn, selected: list[tuple[str, str, Any]]) -> None:
+    """Each entity's watermark goes back to where it stood before its earliest rolled-back run."""
+    done: set[str] = set()
+    for rid, entity, _ in reversed(selected):  # oldest first
+        if entity in done:
+            continue
+        done.add(entity)
+        report = runs.get(conn, rid).report or {}
+        if "watermark_before" not in report:
+            continue  # the run never reached its load
+        before = report["watermark_before"]
+        if before is None:
+            conn.execute("DELETE FROM migration.watermarks WHERE entity = %s", (entity,))
+        else:
+            conn.execute("UPDATE migration.watermarks SET change_ts = %s, last_key = %s, run_id = %s, "
+                         "updated_at = now() WHERE entity = %s",
+                         (before.get("change_ts"), before.get("last_key"), f"rollback of {rid}", entity))
+
+
+def _uploaded_objects(conn, ids: list[str]) -> list[str]:
+    exists = conn.execute("SELECT to_regclass('migration.media_uploads')").fetchone()[0]
+    if not exists:
+        return []
+    return [r[0] for r in conn.execute(
+        "SELECT object_path FROM migration.media_uploads WHERE run_id = ANY(%s) AND outcome = 'uploaded'",
+        (ids,))]
+
+
+def _verify(conn, entity_name: str, before) -> str:
+    entity = ENTITIES.get(entity_name)
+    if entity is None:
+        return "matches"
+    prior = conn.execute(
+        "SELECT counts->'fingerprint' FROM migration.runs WHERE entity = %s AND status NOT IN "
+        "('rolled_back', 'running') AND NOT dry_run AND finished_at < %s AND counts ? 'fingerprint' "
+        "ORDER BY finished_at DESC LIMIT 1", (entity_name, before)).fetchone()
+    expected = prior[0] if prior else {"rows": 0, "checksum": 0}
+    now = fingerprint(conn, entity)
+    if now == expected:
+        return "matches"
+    return f"expected {expected['rows']} rows / checksum {expected['checksum']}, found {now['rows']} / {now['checksum']}"
