@@ -9,6 +9,8 @@ Params: `mode` (full / incremental), `dry_run`, `batch_size`, `quarantine_thresh
 `accept_schema_differences` + `override_reason`. Each task log ends with what it did, to how many rows, and why.
 """
 
+from airflow.sdk import DAG
+
 from include.migration.dag_factory import entity_dag
 
-dag = entity_dag("users", __doc__)
+dag: DAG = entity_dag("users", __doc__)

@@ -8,6 +8,7 @@ counts) through XCom; the rows stay in the databases.
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -152,4 +153,8 @@ def entity_dag(name: str, doc: str | None) -> Any:
 
         reconcile(validate(load(transform(extract()))))
 
-    return migrate()
+    built = migrate()
+    # The DAG belongs to the file that called us, not to this module (Airflow
+    # finds, serializes and reparses a DAG by its file).
+    built.fileloc = sys._getframe(1).f_globals.get("__file__", built.fileloc)
+    return built
