@@ -12,6 +12,8 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
+from include.migration.alerts import on_task_failure
+
 
 @dag(
     dag_id="rollback",
@@ -21,6 +23,7 @@ from airflow.sdk import Param, dag, task
     max_active_runs=1,
     tags=["migration", "rollback"],
     doc_md=__doc__,
+    default_args={"on_failure_callback": on_task_failure},
     params={
         "run_id": Param("", type="string", minLength=1,
                         description="The migration run to roll back (column run_id of migration.runs)."),

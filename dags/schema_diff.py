@@ -41,6 +41,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag, task
 
+from include.migration.alerts import on_task_failure
 from include.migration.assets import SCHEMA_CHECK
 
 
@@ -52,7 +53,7 @@ from include.migration.assets import SCHEMA_CHECK
     max_active_runs=1,
     tags=["migration", "schema", "gate"],
     doc_md=__doc__,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=2)},
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "on_failure_callback": on_task_failure},
     params={
         "mode": Param(
             "incremental",

@@ -15,6 +15,7 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from include.migration import pipeline
+from include.migration.alerts import on_task_failure
 from include.migration.assets import ENTITY_ASSETS, UPSTREAM
 
 MODES = ["incremental", "full"]
@@ -93,7 +94,7 @@ def entity_dag(name: str, doc: str | None) -> Any:
         tags=["migration", name],
         doc_md=doc,
         params=entity_params(),
-        default_args={"retries": 2, "retry_delay": timedelta(seconds=20)},
+        default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "on_failure_callback": on_task_failure},
     )
     def migrate() -> None:
         @task

@@ -1,0 +1,94 @@
+"""The cutover verdict: GO on a clean world, NO-GO for each criterion, each naming its cause."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from include.migration import pipeline
+from include.migration.cutover import evaluate
+from include.migration.entities import ORDER
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+U1, U2 = "10000000-0000-4000-8000-000000000001", "10000000-0000-4000-8000-000000000002"
+A1, C1 = "20000000-0000-4000-8000-000000000001", "30000000-0000-4000-8000-000000000001"
+
+
+def seed_clean(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO users (id, email, display_name, created_at) VALUES "
+                     "(%s, 'ann@example.com', 'Ann', '2024-01-01'), (%s, 'bo@example.com', 'Bo', '2024-01-01')",
+                     (U1, U2))
+        conn.execute("INSERT INTO agents (id, owner_id, name, system_prompt, model, tools, is_public, created_at) "
+                     "VALUES (%s, %s, 'A', 'p', 'm', '[]', false, '2024-01-01')", (A1, U1))
+        conn.execute("INSERT INTO conversations (id, user_id, agent_id, title, created_at) "
+                     "VALUES (%s, %s, %s, 'T', '2024-01-02')", (C1, U1, A1))
+        conn.execute("INSERT INTO messages (id, conversation_id, role, content, created_at) VALUES "
+                     "(1, %s, 'user', 'hi', '2024-01-02'), (2, %s, 'assistant', 'hello', '2024-01-02')", (C1, C1))
+
+
+def migrate(world, label: str) -> None:
+    for name in ORDER:
+        pipeline.run_entity(world, name, label, mode="full", validate_with_gx=False, quarantine_threshold_pct=100)
+
+
+@pytest.fixture
+def clean(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATION_STATE_DIR", str(tmp_path))
+    seed_clean(world.legacy)
+    migrate(world, "base")
+    return world
+
+
+def failing(verdict) -> dict[str, str]:
+    return {c.name: c.evidence for c in verdict.criteria if not c.ok}
+
+
+def test_clean_world_is_go(clean, tmp_path):
+    verdict = evaluate(clean.legacy, clean.dest, "cutover-1")
+    assert verdict.go, verdict.lines()
+    assert (tmp_path / "cutover" / "latest.json").read_text().count('"GO"') == 1
+
+
+def test_unaccounted_row_is_nogo(clean):
+    with psycopg.connect(clean.dest, autocommit=True) as conn:
+        conn.execute("DELETE FROM public.messages WHERE id = 2")
+    bad = failing(evaluate(clean.legacy, clean.dest, "cutover-2"))
+    assert "messages: 2 source rows but 1 loaded" in bad["100% of rows accounted for"]
+    assert "1 missing" in bad["zero reconciliation differences"]
+
+
+def test_quarantine_over_threshold_is_nogo(clean):
+    with psycopg.connect(clean.legacy, autocommit=True) as conn:
+        conn.execute("INSERT INTO users (id, email, created_at) VALUES "
+                     "('10000000-0000-4000-8000-000000000003', 'broken', '2024-01-01')")
+    migrate(clean, "again")
+    bad = failing(evaluate(clean.legacy, clean.dest, "cutover-3"))
+    assert list(bad) == ["quarantine under 0.1% of users"]
+    assert bad["quarantine under 0.1% of users"].startswith("1 of 3 users quarantined")
+
+
+def test_reconciliation_difference_is_nogo(clean):
+    with psycopg.connect(clean.dest, autocommit=True) as conn:
+        conn.execute("UPDATE public.messages SET content = 'tampered' WHERE id = 1")
+    bad = failing(evaluate(clean.legacy, clean.dest, "cutover-4"))
+    assert list(bad) == ["zero reconciliation differences"]
+    assert "1 different" in bad["zero reconciliation differences"]
+
+
+def test_breaking_schema_difference_is_nogo(clean):
+    with psycopg.connect(clean.legacy, autocommit=True) as conn:
+        conn.execute("ALTER TABLE messages ADD COLUMN extra text")  # compatible: ignored
+        conn.execute("ALTER TABLE agents DROP COLUMN description")  # breaking
+    bad = failing(evaluate(clean.legacy, clean.dest, "cutover-5", entities=["users", "conversations"]))
+    assert list(bad) == ["zero breaking schema differences"]
+    assert "legacy.agents.description:missing_column" in bad["zero breaking schema differences"]
+
+
+def test_rls_off_is_nogo(clean):
+    with psycopg.connect(clean.dest, autocommit=True) as conn:
+        conn.execute("ALTER TABLE public.messages DISABLE ROW LEVEL SECURITY")
+    bad = failing(evaluate(clean.legacy, clean.dest, "cutover-6"))
+    assert "public.messages" in bad["destination locked down (RLS on)"]
+    assert "rls_disabled" in bad["zero breaking schema differences"]
