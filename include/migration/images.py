@@ -87,6 +87,13 @@ def record_inserts(conn: psycopg.Connection, run_id: str, schema: str, table: st
                      (run_id, table_label(schema, table), keys))
 
 
+def record_insert_range(conn: psycopg.Connection, run_id: str, schema: str, table: str,
+                        after: str | None, hi: str) -> None:
+    """A key range that was empty before this run: undo = delete the range."""
+    conn.execute("INSERT INTO migration.before_images (run_id, entity, op, keys) VALUES (%s, %s, 'insert_range', %s)",
+                 (run_id, table_label(schema, table), [after, hi]))
+
+
 def primary_key(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
     rows = conn.execute(
         "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
@@ -111,6 +118,16 @@ def restore(conn: psycopg.Connection, label: str, op: str, row_image: dict | Non
         assert keys is not None and len(pk) == 1
         return conn.execute(sql.SQL("DELETE FROM {} WHERE {}::text = ANY(%s)").format(
             target, sql.Identifier(pk[0])), (keys,)).rowcount
+    if op == "insert_range":
+        assert keys is not None and len(pk) == 1
+        typ = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                           "to_regclass(%s) AND attname = %s", (label, pk[0])).fetchone()[0]
+        lo, hi = keys
+        cond = sql.SQL("{k} <= {hi}::{t}").format(k=sql.Identifier(pk[0]), hi=sql.Literal(hi), t=sql.SQL(typ))
+        if lo is not None:
+            cond = sql.SQL("{} AND {k} > {lo}::{t}").format(cond, k=sql.Identifier(pk[0]), lo=sql.Literal(lo),
+                                                           t=sql.SQL(typ))
+        return conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target, cond)).rowcount
     cols = writable_columns(conn, schema, table)
     non_pk = [c for c in cols if c not in pk]
     from psycopg.types.json import Jsonb

@@ -241,6 +241,40 @@ def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
     return row[0], row[1]
 
 
+def _range(entity: Entity, alias: str, after: str | None, hi: str) -> sql.Composable:
+    """``alias.key`` in (after, hi]; no lower bound for the first chunk."""
+    key = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(entity.key))
+    typ = sql.SQL(entity.key_type)
+    conds = [sql.SQL("{} <= {}::{}").format(key, sql.Literal(hi), typ)]
+    if after is not None:
+        conds.append(sql.SQL("{} > {}::{}").format(key, sql.Literal(after), typ))
+    return sql.SQL(" AND ").join(conds)
+
+
+def _range_is_empty(dest: psycopg.Connection, entity: Entity, after: str | None, hi: str) -> bool:
+    tables = [_target(entity)]
+    if entity.name == "users":
+        tables.append(sql.Identifier("auth", "users"))
+    return not any(dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} t WHERE {})").format(
+        t, _range(entity, "t", after, hi))).fetchone()[0] for t in tables)
+
+
+def _insert_range(dest: psycopg.Connection, entity: Entity, table: str, run_id: str,
+                  after: str | None, hi: str) -> int:
+    """The first load of a key range: a plain INSERT (nothing to compare or image), and
+    one before-image that says 'this whole range was empty'. The usual path of a backfill."""
+    names = entity.column_names
+    where = _range(entity, "s", after, hi)
+    if entity.name == "users":
+        _upsert_auth(dest, table, where)
+    inserted = dest.execute(sql.SQL(
+        "INSERT INTO {target} ({cols}) SELECT {scols} FROM {stage} s WHERE s._disposition = 'loaded' AND {where}"
+    ).format(target=_target(entity), cols=_cols(names), scols=_cols(names, "s"), stage=_stage(table),
+             where=where)).rowcount
+    images.record_insert_range(dest, run_id, *_delete_table(entity), after, hi)
+    return inserted
+
+
 def _upsert_auth(dest: psycopg.Connection, table: str, where: sql.Composable) -> None:
     from include.migration import auth
 
@@ -263,22 +297,22 @@ def load(dest: psycopg.Connection, entity: Entity, run: runs.Run, *, batch_size:
         log.info("%s: %d destination rows removed (their source rows are now excluded or quarantined)",
                  entity.name, result.deleted)
     after = run.load_progress or None
-    key = sql.SQL("s.{}").format(sql.Identifier(entity.key))
     for hi in chunk_bounds(dest, entity, table, batch_size, after):
         t0 = time.perf_counter()
-        conds = [sql.SQL("{} <= {}::{}").format(key, sql.Literal(hi), sql.SQL(entity.key_type))]
-        if after is not None:
-            conds.append(sql.SQL("{} > {}::{}").format(key, sql.Literal(after), sql.SQL(entity.key_type)))
-        ins, upd = _upsert_chunk(dest, entity, table, run.run_id, sql.SQL(" AND ").join(conds))
+        if _range_is_empty(dest, entity, after, hi):
+            ins, upd, how = _insert_range(dest, entity, table, run.run_id, after, hi), 0, "insert into an empty range"
+        else:
+            ins, upd = _upsert_chunk(dest, entity, table, run.run_id, _range(entity, "s", after, hi))
+            how = "merge"
         result.inserted += ins
         result.updated += upd
         result.chunks += 1
         runs.update(dest, run.run_id, load_progress=hi, counts={"load": result.as_dict()})
         dest.commit()  # the chunk, its before-images and its progress mark, together
         seconds = time.perf_counter() - t0
-        line = (f"{entity.name} chunk {result.chunks}: keys ({after or 'start'} .. {hi}], "
-                f"{ins} inserted, {upd} updated in {seconds:.2f} s")
-        log.info(line)
+        log.info("%s chunk %d: keys (%s .. %s], %d inserted, %d updated (%s) in %.2f s, %s rows/s", entity.name,
+                 result.chunks, after or "start", hi, ins, upd, how, seconds,
+                 f"{int((ins + upd) / seconds):,}" if seconds else "-")
         after = hi
     if full:
         result.deleted += sweep_gone(dest, entity, table, run.run_id)

@@ -7,8 +7,10 @@ wraps each step in a task; tests and the benchmark call them directly.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from psycopg import sql
@@ -48,11 +50,40 @@ def _fmt(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
 
 
-def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run: bool) -> dict[str, Any]:
+def entity_hooks(entity: Entity) -> ModuleType | None:
+    """The module named by ``Entity.hooks``, or None.
+
+    It may define any of: ``dag_params()`` (extra DAG params; their values reach
+    the hooks as the run's ``report["options"]``), ``on_transform(conns, dest,
+    entity, run)`` (after the destination checks; may quarantine more staged
+    rows), ``before_merge`` / ``after_merge`` (same arguments; around the
+    chunked merge, inside the write lock; ``before_merge`` only until the merge
+    has started) and ``on_reconcile(conns, entity, run)`` returning the
+    verdict lines of what it found wrong (empty when clean).
+    """
+    return importlib.import_module(entity.hooks) if entity.hooks else None
+
+
+def _hook(entity: Entity, name: str) -> Any:
+    module = entity_hooks(entity)
+    return getattr(module, name, None) if module is not None else None
+
+
+def _disposition_counts(dest, table: str) -> dict[str, int]:
+    rows = dest.execute(sql.SQL("SELECT _disposition, _reason, count(*) FROM {} GROUP BY 1, 2 ORDER BY 1, 2")
+                        .format(sql.Identifier("migration_stage", table))).fetchall()
+    return {f"{d}:{r}": n for d, r, n in rows}
+
+
+def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run: bool,
+            options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``options``: the entity's own params (see ``entity_hooks``), kept with the run for its later steps."""
     entity = get(entity_name)
     with db.connection(conns.dest) as dest:
         run = runs.start(dest, entity.name, dag_run_id, mode, dry_run)
         scope = extract_mod.plan_scope(dest, entity, mode)
+        if options:
+            runs.update(dest, run.run_id, report={"options": options})
         dest.commit()
     log.info("%s: %s run %s%s; scope: %s", entity.name, mode, run.run_id, " (dry run)" if dry_run else "",
              scope.describe())
@@ -77,6 +108,10 @@ def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     with db.connection(conns.dest) as dest:
         run = _run(dest, run_id)
         counts = load_mod.check_stage(dest, entity, run.stage_table)
+        hook = _hook(entity, "on_transform")
+        if hook is not None:
+            hook(conns, dest, entity, run)
+            counts = _disposition_counts(dest, run.stage_table)
         repairs = load_mod.repair_counts(dest, run.stage_table)
         runs.update(dest, run_id, report={"dispositions": counts, "repaired": repairs})
         dest.commit()
@@ -127,17 +162,19 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
             wm = runs.watermark(dest, entity.name)
             runs.update(dest, run_id, report={"watermark_before": runs.jsonable(wm.__dict__) if wm else None})
             dest.commit()
+        before, after = _hook(entity, "before_merge"), _hook(entity, "after_merge")
+        if before is not None and run.load_progress is None:
+            before(conns, dest, entity, run)
         result = load_mod.load(dest, entity, run, batch_size=batch_size, full=run.mode == "full")
+        if after is not None:
+            after(conns, dest, entity, run)
         rate = (result.inserted + result.updated) / result.seconds if result.seconds else 0
         log.info("%s: load done: %s inserted, %s updated, %s deleted in %d chunks, %.2f s (%s rows/s written)",
                  entity.name, _fmt(result.inserted), _fmt(result.updated), _fmt(result.deleted), result.chunks,
                  result.seconds, _fmt(int(rate)))
         accounting = account(dest, entity, run, result)
         _advance_watermark(dest, entity, run)
-        from include.migration.reconcile import fingerprint
-
-        runs.update(dest, run_id, status="loaded", finished_at=_now(dest),
-                    counts={"accounting": accounting, "fingerprint": fingerprint(dest, entity)})
+        runs.update(dest, run_id, status="loaded", finished_at=_now(dest), counts={"accounting": accounting})
         dest.commit()
     _enforce_quarantine_threshold(conns, entity, run, quarantine_threshold_pct)
     return {"run_id": run_id, **result.as_dict()}
@@ -289,9 +326,9 @@ def expected_rows(conns: Conns, entity: Entity) -> int:
             "SELECT count(*) FROM ({}) t WHERE t._disposition = 'loaded'").format(query)).fetchone()[0]
     with db.connection(conns.dest) as dest:
         dest_only = dest.execute(
-            "SELECT count(*) FROM migration.quarantine WHERE entity = %s AND reason IN "
-            "('email_taken_in_destination') OR (entity = %s AND reason LIKE '%%_not_in_destination')",
-            (entity.name, entity.name)).fetchone()[0]
+            "SELECT count(*) FROM migration.quarantine WHERE entity = %s AND (reason IN "
+            "('email_taken_in_destination') OR reason LIKE '%%_not_in_destination' OR reason = ANY(%s))",
+            (entity.name, list(entity.hook_reasons))).fetchone()[0]
     return keys_loaded - dest_only
 
 
@@ -301,21 +338,29 @@ def reconcile(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     entity = get(entity_name)
     rec = rec_mod.reconcile(conns.legacy, conns.dest, entity)
     path = rec_mod.persist(conns.dest, run_id, rec)
+    with db.connection(conns.dest) as dest:
+        # The destination's state after this run, for the rollback's proof.
+        runs.update(dest, run_id, counts={"fingerprint": rec.fingerprint()})
+        dest.commit()
     log.info(rec.verdict_line())
     log.info("%s: reconciliation report written to %s (%.2f s)", entity.name, path, rec.seconds)
     with db.connection(conns.dest) as dest:
-        mode = _run(dest, run_id).mode
+        run = _run(dest, run_id)
+    mode = run.mode
+    hook = _hook(entity, "on_reconcile")
+    problems = list(hook(conns, entity, run)) if hook is not None else []
     only_extra = rec.extra and not (rec.missing or rec.different or rec.differing_buckets)
-    if mode == "incremental" and only_extra:
+    if mode == "incremental" and only_extra and not problems:
         # Incremental runs do not look for hard deletes (that needs every key);
         # rows gone from the source wait for the next full run.
         log.warning("%s: %d destination rows have no source row any more (hard deletes); the next full run "
                     "removes them. Keys: %s", entity.name, len(rec.extra), ", ".join(rec.extra[:10]))
         finish(conns, run_id, "succeeded")
         return {"run_id": run_id, "verdict": "pending_hard_deletes", "rows": rec.target_rows}
-    finish(conns, run_id, "succeeded" if rec.clean else "reconciliation_failed")
-    if not rec.clean:
-        raise ReconciliationFailed(rec.verdict_line())
+    clean = rec.clean and not problems
+    finish(conns, run_id, "succeeded" if clean else "reconciliation_failed")
+    if not clean:
+        raise ReconciliationFailed("; ".join(([] if rec.clean else [rec.verdict_line()]) + problems))
     return {"run_id": run_id, "verdict": "clean", "rows": rec.target_rows}
 
 
@@ -337,9 +382,10 @@ def _now(dest):
 def run_entity(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str = "incremental",
                dry_run: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, validate_with_gx: bool = True,
                reconcile_after: bool = True, gate: dict | None = None,
-               quarantine_threshold_pct: float = DEFAULT_QUARANTINE_THRESHOLD_PCT) -> dict[str, Any]:
+               quarantine_threshold_pct: float = DEFAULT_QUARANTINE_THRESHOLD_PCT,
+               options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every step of one entity's run, in order, without Airflow (tests, benchmark)."""
-    out = extract(conns, entity_name, dag_run_id, mode=mode, dry_run=dry_run)
+    out = extract(conns, entity_name, dag_run_id, mode=mode, dry_run=dry_run, options=options)
     run_id = out["run_id"]
     transform(conns, entity_name, run_id)
     if dry_run:
@@ -352,5 +398,5 @@ def run_entity(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str = "
     if reconcile_after:
         reconcile(conns, entity_name, run_id)
     else:
-        finish(conns, run_id, "succeeded")
+        finish(conns, run_id, "succeeded")  # no fingerprint: a rollback to here reports it unverified
     return {"run_id": run_id, **loaded}

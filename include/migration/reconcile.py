@@ -44,6 +44,7 @@ class Reconciliation:
     different: list[str] = field(default_factory=list)
     differing_buckets: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    target_checksum: int = 0  # with target_rows: the destination table's fingerprint
 
     @property
     def clean(self) -> bool:
@@ -57,6 +58,9 @@ class Reconciliation:
                 f"{len(self.extra)} extra, {len(self.different)} different "
                 f"(source {self.source_rows} rows, destination {self.target_rows}); "
                 f"first keys: {', '.join((self.missing + self.extra + self.different)[:5])}")
+
+    def fingerprint(self) -> dict[str, int]:
+        return {"rows": self.target_rows, "checksum": self.target_checksum}
 
     def as_dict(self) -> dict[str, Any]:
         return {"entity": self.entity, "verdict": "clean" if self.clean else "differences",
@@ -75,8 +79,9 @@ def _bucket_expr(entity: Entity, alias: str) -> sql.Composable:
 
 
 def _row_hash(entity: Entity, alias: str) -> sql.Composable:
+    # The columns SQL can compute on both sides (media checks its file columns against Storage).
     cols = sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c))
-                              for c in entity.column_names)
+                              for c in entity.reconcile_column_names)
     return sql.SQL("md5(ROW({})::text)").format(cols)
 
 
@@ -123,7 +128,7 @@ def reconcile(legacy_dsn: str, dest_dsn: str, entity: Entity) -> Reconciliation:
         src, dst = fs.result(), fd.result()
     differing = sorted(b for b in set(src) | set(dst) if src.get(b) != dst.get(b))
     result = Reconciliation(entity.name, sum(n for n, _ in src.values()), sum(n for n, _ in dst.values()),
-                            len(set(src) | set(dst)))
+                            len(set(src) | set(dst)), target_checksum=sum(c for _, c in dst.values()))
     detail, rest = differing[:MAX_DETAIL_BUCKETS], differing[MAX_DETAIL_BUCKETS:]
     if detail:
         with ThreadPoolExecutor(max_workers=2) as pool:

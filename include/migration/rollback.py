@@ -125,6 +125,12 @@ def _verify(conn, entity_name: str, before) -> str:
         "SELECT counts->'fingerprint' FROM migration.runs WHERE entity = %s AND status NOT IN "
         "('rolled_back', 'running') AND NOT dry_run AND finished_at < %s AND counts ? 'fingerprint' "
         "ORDER BY finished_at DESC LIMIT 1", (entity_name, before)).fetchone()
+    if prior is None:
+        earlier = conn.execute("SELECT count(*) FROM migration.runs WHERE entity = %s AND finished_at < %s AND "
+                               "status NOT IN ('rolled_back', 'running') AND NOT dry_run",
+                               (entity_name, before)).fetchone()[0]
+        if earlier:
+            return "unverified: the earlier run recorded no fingerprint (it ran without reconciliation)"
     expected = prior[0] if prior else {"rows": 0, "checksum": 0}
     now = fingerprint(conn, entity)
     if now == expected:

@@ -91,8 +91,8 @@ CREATE TABLE IF NOT EXISTS migration.user_id_map (
 CREATE TABLE IF NOT EXISTS migration.before_images (
     run_id      text NOT NULL,
     entity      text NOT NULL,
-    op          text NOT NULL CHECK (op IN ('insert', 'update', 'delete')),
-    keys        text[],           -- inserts: the keys of one chunk
+    op          text NOT NULL CHECK (op IN ('insert', 'insert_range', 'update', 'delete')),
+    keys        text[],           -- insert: the keys of one chunk; insert_range: (lo, hi] of an empty range
     source_key  text,             -- updates / deletes: one row each
     row_image   jsonb,
     recorded_at timestamptz NOT NULL DEFAULT clock_timestamp()
@@ -143,3 +143,18 @@ CREATE TABLE IF NOT EXISTS migration.schema_overrides (
 );
 
 REVOKE ALL ON ALL TABLES IN SCHEMA migration FROM PUBLIC;
+
+-- Every Storage write (or skip) of the media migration, one row per file per
+-- attempt: outcome uploaded / skipped_identical / conflict / rejected_size /
+-- rejected_mime / failed, and removed (an object whose row is gone). The
+-- rollback removes the objects its runs 'uploaded'.
+CREATE TABLE IF NOT EXISTS migration.media_uploads (
+    run_id       text NOT NULL,
+    object_path  text NOT NULL,
+    outcome      text NOT NULL,
+    detail       text,
+    bytes        bigint,
+    recorded_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS media_uploads_run ON migration.media_uploads (run_id);
+CREATE INDEX IF NOT EXISTS media_uploads_path ON migration.media_uploads (object_path);
