@@ -11,16 +11,12 @@ log = logging.getLogger(__name__)
 
 
 def storage_remover():
-    """A function removing media objects through the Supabase client, or None without Storage."""
-    try:
-        from include.migration.media_files import remove_objects
-        from include.migration.storage_client import bucket_name, client_from_airflow
-    except ImportError:
-        return None
+    """Removes media objects through the Supabase client (connection ``supabase_api``)."""
+    from include.migration.media import remove_from_storage
 
     def remove(paths: list[str]) -> None:
-        removed = remove_objects(client_from_airflow(), bucket_name(), paths)
-        log.info("rollback: %d media objects removed from Storage", len(removed))
+        removed = remove_from_storage(paths)
+        log.info("rollback: %d of %d media objects removed from Storage", len(removed), len(paths))
 
     return remove
 

@@ -86,3 +86,32 @@ def test_full_backfill_then_nothing_changes(seeded):
     second = q(world.dest, "SELECT entity, (counts->'load'->>'inserted')::int + (counts->'load'->>'updated')::int "
                            "+ (counts->'load'->>'deleted')::int FROM migration.runs ORDER BY started_at OFFSET 4")
     assert second == [(e, 0) for e in ("users", "agents", "conversations", "messages")]
+
+    # The app keeps running: updates, inserts, soft and hard deletes; the nightly incremental follows.
+    from include.migration.entities import get
+    from include.migration.legacy_world import apply_changes
+    from include.migration.reconcile import reconcile
+
+    changes = apply_changes(world.legacy, seed=7, fraction=0.01).changes
+    for dag_id in CHAIN:
+        state, tasks = run_dag(dag_id, mode="incremental")
+        assert state == "success", (dag_id, tasks)
+    for entity in ("users", "agents", "conversations", "messages"):
+        rec = reconcile(world.legacy, world.dest, get(entity))
+        assert (rec.missing, rec.different) == ([], []), entity
+        # Only hard deletes may be left, and only those the app really made.
+        gone = set(changes.get(f"{entity}.hard_deleted", []))
+        assert set(rec.extra) <= gone, entity
+    inserted = changes["messages.inserted"]
+    assert inserted and q(world.dest, "SELECT count(*) FROM public.messages WHERE id = ANY(%s::bigint[])",
+                          inserted)[0][0] > 0
+    # A full run sees the hard deletes.
+    for dag_id in CHAIN:
+        state, tasks = run_dag(dag_id, mode="full")
+        assert state == "success", (dag_id, tasks)
+    for entity in ("agents", "conversations", "messages"):
+        gone = changes.get(f"{entity}.hard_deleted", [])
+        table = entity
+        key_type = "bigint" if entity == "messages" else "uuid"
+        assert q(world.dest, f"SELECT count(*) FROM public.{table} WHERE id::text = ANY(%s)", gone) == [(0,)], \
+            (entity, key_type)
