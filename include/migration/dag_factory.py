@@ -82,8 +82,17 @@ def _fail(exc: Exception) -> None:
     raise AirflowFailException(str(exc)) from None
 
 
+def own_params(name: str) -> dict[str, Param]:
+    """The entity's own params (its hooks' ``dag_params``), e.g. media's bucket limits."""
+    from include.migration.entities import get
+
+    hooks = pipeline.entity_hooks(get(name))
+    return hooks.dag_params() if hooks is not None and hasattr(hooks, "dag_params") else {}
+
+
 def entity_dag(name: str, doc: str | None) -> Any:
     outlet = ENTITY_ASSETS[name]
+    extra = own_params(name)
 
     @dag(
         dag_id=f"migrate_{name}",
@@ -93,7 +102,7 @@ def entity_dag(name: str, doc: str | None) -> Any:
         max_active_runs=1,
         tags=["migration", name],
         doc_md=doc,
-        params=entity_params(),
+        params={**entity_params(), **extra},
         default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "on_failure_callback": on_task_failure},
     )
     def migrate() -> None:
@@ -101,8 +110,9 @@ def entity_dag(name: str, doc: str | None) -> Any:
         def extract() -> dict:
             context = get_current_context()
             mode = resolve_mode(context)
+            options = {key: context["params"][key] for key in extra}
             return pipeline.extract(pipeline.Conns.from_airflow(), name, context["run_id"], mode=mode,
-                                    dry_run=resolve_dry_run(context))
+                                    dry_run=resolve_dry_run(context), options=options or None)
 
         @task
         def transform(extracted: dict) -> dict:

@@ -12,6 +12,7 @@ at the first uncommitted chunk and a rerun of the same data writes nothing.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,19 @@ from include.migration import images, runs
 from include.migration.entities import ENTITIES, Entity
 
 log = logging.getLogger(__name__)
+
+# Who writes users' Supabase Auth accounts: ``sql`` (auth.py, inside the chunk
+# transaction) or ``admin_api`` (auth_admin.py: GoTrue over HTTP, for projects
+# that forbid writing the auth schema).
+AUTH_PATH_ENV = "MIGRATION_AUTH_PATH"
+AUTH_PATHS = ("sql", "admin_api")
+
+
+def auth_path() -> str:
+    value = (os.environ.get(AUTH_PATH_ENV) or "sql").strip().lower()
+    if value not in AUTH_PATHS:
+        raise ValueError(f"{AUTH_PATH_ENV}={value!r}: expected one of {', '.join(AUTH_PATHS)}")
+    return value
 
 
 def _stage(table: str) -> sql.Identifier:
@@ -140,7 +154,7 @@ def chunk_bounds(dest: psycopg.Connection, entity: Entity, table: str, batch_siz
     rows = dest.execute(
         sql.SQL(
             "SELECT k::text FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) AS n, count(*) OVER () AS c "
-            "FROM {stage} WHERE _disposition = 'loaded' AND {cond}) x WHERE n % {b} = 0 OR n = c ORDER BY k"
+            "FROM {stage} WHERE _disposition = 'loaded' AND {cond}) x WHERE n % {b} = 0 OR n = c ORDER BY n"
         ).format(key=key, stage=_stage(table), cond=cond, b=sql.Literal(batch_size))
     ).fetchall()
     return [r[0] for r in rows]
@@ -156,15 +170,37 @@ def _delete_with_images(dest: psycopg.Connection, entity: Entity, run_id: str, k
     """Image, then delete, the destination rows whose key is in ``keys`` (a subquery)."""
     schema, table = _delete_table(entity)
     where = sql.SQL("t.{} IN ({})").format(sql.Identifier(entity.key), keys)
+    if not dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} t WHERE {})").format(
+            sql.Identifier(schema, table), where)).fetchone()[0]:
+        return 0  # the usual case: nothing to delete, so nothing to image either
     images.image_deletes(dest, run_id, schema, table, where)
+    if entity.name == "users" and auth_path() == "admin_api":
+        return _delete_accounts_via_api(dest, where)
     return dest.execute(sql.SQL("DELETE FROM {} t WHERE {}").format(sql.Identifier(schema, table), where)).rowcount
+
+
+def _delete_accounts_via_api(dest: psycopg.Connection, where: sql.Composable) -> int:
+    """admin_api: GoTrue deletes the accounts; public.users and its rows follow by the foreign keys.
+
+    The caller's transaction is committed first: GoTrue deletes in its own
+    transactions, which would wait for rows this one holds (a merged user's
+    moved children and parked email) while this one waits for the HTTP
+    answer. What gets committed early (before-images, the merge moves) is
+    idempotent, so a crash before the deletes leaves work the rerun repeats.
+    """
+    from include.migration import auth_admin
+
+    ids = [str(r[0]) for r in dest.execute(sql.SQL("SELECT t.id FROM auth.users t WHERE {}").format(where))]
+    dest.commit()
+    return auth_admin.delete_accounts(ids)
 
 
 def remove_non_loaded(dest: psycopg.Connection, entity: Entity, table: str, run_id: str) -> int:
     """Delete destination rows whose source row is now excluded or quarantined.
 
     Users merged into a survivor hand their children to the survivor first.
-    Runs in the caller's transaction.
+    Runs in the caller's transaction (with ``admin_api``, commits it before
+    the accounts are deleted through the API).
     """
     if entity.name == "users":
         _merge_losers_present(dest, table, run_id)
@@ -189,8 +225,13 @@ def _merge_losers_present(dest: psycopg.Connection, table: str, run_id: str) -> 
     images.image_updates(dest, run_id, "auth", "users", is_loser)
     dest.execute("UPDATE public.users SET email = 'merged+' || id || '@migration.invalid' WHERE id = ANY(%s)",
                  (loser_ids,))
-    dest.execute("UPDATE auth.users SET email = 'merged+' || id || '@migration.invalid' WHERE id = ANY(%s)",
-                 (loser_ids,))
+    if auth_path() == "admin_api":
+        from include.migration import auth_admin
+
+        auth_admin.set_emails({str(i): f"merged+{i}@migration.invalid" for i in loser_ids})
+    else:
+        dest.execute("UPDATE auth.users SET email = 'merged+' || id || '@migration.invalid' "
+                     "WHERE id = ANY(%s)", (loser_ids,))
     survivors = list({row[1] for row in losers})
     _upsert_chunk(dest, ENTITIES["users"], table, run_id,
                   sql.SQL("s.id = ANY({})").format(sql.Literal(survivors)))
@@ -276,6 +317,16 @@ def _insert_range(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
 
 
 def _upsert_auth(dest: psycopg.Connection, table: str, where: sql.Composable) -> None:
+    if auth_path() == "admin_api":
+        from include.migration import auth_admin
+
+        # GoTrue writes the accounts in its own transactions, before this
+        # chunk's INSERT into public.users (whose foreign key needs them), so
+        # outside the chunk transaction. That is safe: the calls are
+        # idempotent, and a crash before the chunk commits leaves accounts that
+        # the rerun finds unchanged (no writes) before loading the chunk again.
+        auth_admin.sync_staged_accounts(dest, _stage(table), where)
+        return
     from include.migration import auth
 
     auth.upsert_accounts(dest, _stage(table), where)

@@ -145,18 +145,23 @@ def _wait_ready(uri: str, seconds: float = 30.0) -> None:
             time.sleep(0.2)
 
 
-def stop(data_dir: Path) -> bool:
-    """Stop the server if it runs. Returns whether it was running."""
+def stop(data_dir: Path, *, mode: str = "fast") -> bool:
+    """Stop the server if it runs. Returns whether it was running.
+
+    ``mode`` is pg_ctl's: "fast" (a clean shutdown) or "immediate" (what a
+    crash leaves: the next start runs crash recovery, which empties every
+    unlogged table).
+    """
     data_dir = data_dir.resolve()
     if not is_running(data_dir):
         return False
-    _run_as_owner([_bin("pg_ctl"), "-D", str(data_dir / "pgdata"), "-m", "fast", "-w", "stop"], data_dir)
+    _run_as_owner([_bin("pg_ctl"), "-D", str(data_dir / "pgdata"), "-m", mode, "-w", "stop"], data_dir)
     return True
 
 
-def restart(data_dir: Path, port: int, *, fast: bool = False) -> str:
-    """Stop and start again: used by the fault-injection tests."""
-    stop(data_dir)
+def restart(data_dir: Path, port: int, *, fast: bool = False, mode: str = "fast") -> str:
+    """Stop (clean, or ``mode="immediate"`` as in a crash) and start again: used by the fault-injection tests."""
+    stop(data_dir, mode=mode)
     return start(data_dir, port, fast=fast)
 
 

@@ -11,10 +11,7 @@ SELECT
     m.token_count,
     m.model,
     CASE WHEN m.metadata IS NULL THEN jsonb_build_object()
-         WHEN pg_input_is_valid(m.metadata, 'jsonb')
-              AND jsonb_typeof(CASE WHEN pg_input_is_valid(m.metadata, 'jsonb')
-                                    THEN m.metadata::jsonb END) = 'object'
-         THEN m.metadata::jsonb
+         WHEN jsonb_typeof(j.parsed) = 'object' THEN j.parsed
          ELSE jsonb_build_object('legacy_raw', m.metadata) END AS metadata,
     m.created_at AT TIME ZONE 'UTC' AS created_at,
     CASE WHEN cf.id IS NULL THEN 'quarantined'
@@ -28,10 +25,7 @@ SELECT
          ELSE 'ok' END AS _reason,
     array_remove(ARRAY[
         CASE WHEN m.role = 'bot' THEN 'role_bot_to_assistant' END,
-        CASE WHEN m.metadata IS NOT NULL AND NOT (
-                  pg_input_is_valid(m.metadata, 'jsonb')
-                  AND jsonb_typeof(CASE WHEN pg_input_is_valid(m.metadata, 'jsonb')
-                                        THEN m.metadata::jsonb END) = 'object')
+        CASE WHEN m.metadata IS NOT NULL AND jsonb_typeof(j.parsed) IS DISTINCT FROM 'object'
              THEN 'metadata_kept_as_legacy_raw' END
     ], NULL) AS _repairs,
     NULL::text AS _maps_to,
@@ -40,5 +34,10 @@ SELECT
               OR m.role NOT IN ('user', 'assistant', 'system', 'tool', 'bot')
          THEN to_jsonb(m) END AS _source
 FROM {src_messages} m
+-- Parse the JSON once per row (OFFSET 0 keeps the planner from inlining it
+-- into every expression that uses it).
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN pg_input_is_valid(m.metadata, 'jsonb') THEN m.metadata::jsonb END AS parsed OFFSET 0
+) j
 LEFT JOIN conversation_fate cf ON cf.id = m.conversation_id
 WHERE {scope}

@@ -1,0 +1,624 @@
+"""The demo: the whole migration on this machine, driven the way an operator would drive it.
+
+``run`` starts the embedded PostgreSQL (unless all three databases are given
+in the environment), seeds the legacy world, bootstraps the destination,
+starts the Storage stand-in and Airflow, then triggers ``schema_diff`` through
+the REST API and follows the asset-triggered chain of migration DAGs in the
+terminal; then it changes the legacy world and runs the chain again in
+incremental mode, and prints the per-entity report. Everything it starts keeps
+running (browse the UI) until ``stop``. ``env`` prints the addresses again.
+
+Command line (used by the Makefile)::
+
+    python -m include.migration.demo run --scale small --port 54329
+    python -m include.migration.demo env --port 54329
+    python -m include.migration.demo stop --port 54329
+
+Environment it honours: ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``,
+``AIRFLOW_CONN_LEGACY_DB``, ``AIRFLOW_CONN_SUPABASE_DB`` (databases to use
+instead of the embedded ones), ``AIRFLOW_CONN_SUPABASE_API`` (a real Supabase
+instead of the Storage stand-in), ``AIRFLOW_CONN_LEGACY_MEDIA``,
+``AIRFLOW_API_PORT`` (default 8080; a busy port is replaced by a free one),
+``DEMO_RUN_TIMEOUT`` (seconds one DAG run may take, default 1800) and
+``DEMO_SEED_EXTERNAL=1`` (allow seeding a legacy database given in the
+environment: seeding replaces its contents).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from include.migration import local_airflow, local_pg
+from include.migration.local_airflow import AirflowClient, ApiError, LocalAirflow
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE = ROOT / ".local"
+PG_DIR = STATE / "pg"
+MEDIA = STATE / "media"
+STORAGE = STATE / "storage"
+REPORTS = STATE / "reports"
+DEMO_FILE = STATE / "demo.json"
+STANDIN_SECRET = STATE / "storage-jwt-secret"
+STANDIN_KEY = STATE / "storage-service-role-key"
+STANDIN = "storage-standin"
+STANDIN_PORT = 54330
+
+# The pipeline in trigger order: each DAG after the first runs when its parent's Asset is updated.
+CHAIN = (
+    "schema_diff",
+    "migrate_users",
+    "migrate_agents",
+    "migrate_conversations",
+    "migrate_messages",
+    "migrate_media",
+)
+
+# Modules other parts of the project provide, imported lazily: module -> what it is.
+REQUIRED = {
+    "include.migration.legacy_world": "the legacy data generator (seed, apply_changes)",
+    "include.migration.bootstrap": "the destination bootstrap",
+    "include.migration.storage_standin": "the Storage stand-in",
+}
+
+
+class DemoError(RuntimeError):
+    """A failure the demo reports as one line."""
+
+
+def say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+# --------------------------------------------------------------------------- where things are
+
+
+@dataclass(frozen=True)
+class Databases:
+    """The three databases, as psycopg DSNs, and whether the embedded server holds them."""
+
+    airflow_sqlalchemy: str
+    legacy: str
+    supabase: str
+    embedded: frozenset[str]
+    pg_port: int
+
+
+def _dsn_from_conn(value: str) -> str:
+    """A libpq URI from an Airflow connection given as URI or JSON."""
+    if not value.lstrip().startswith("{"):
+        return value.split("?__extra__", 1)[0]
+    conn = json.loads(value)
+    auth = quote(conn.get("login") or "", safe="")
+    if conn.get("password"):
+        auth += ":" + quote(conn["password"], safe="")
+    host = f"{conn.get('host', '127.0.0.1')}:{conn.get('port') or 5432}"
+    return f"postgresql://{auth + '@' if auth else ''}{host}/{conn.get('schema') or 'postgres'}"
+
+
+def databases(pg_port: int, *, start_embedded: bool) -> Databases:
+    env = os.environ
+    configured = {
+        "airflow": env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"),
+        "legacy": env.get("AIRFLOW_CONN_LEGACY_DB"),
+        "supabase": env.get("AIRFLOW_CONN_SUPABASE_DB"),
+    }
+    embedded = frozenset(name for name, value in configured.items() if not value)
+    base = local_pg.base_uri(pg_port)
+    if embedded and start_embedded:
+        if not local_pg.is_running(PG_DIR.resolve()) and not local_airflow.port_is_free(pg_port):
+            raise DemoError(f"port {pg_port} is taken by another program; run with PG_PORT=<free port>")
+        base = local_pg.start(PG_DIR, pg_port)
+    server = base.split("://", 1)[1]
+    return Databases(
+        airflow_sqlalchemy=configured["airflow"] or f"postgresql+psycopg2://{server}/airflow",
+        legacy=_dsn_from_conn(configured["legacy"]) if configured["legacy"] else f"{base}/legacy",
+        supabase=_dsn_from_conn(configured["supabase"]) if configured["supabase"] else f"{base}/supabase",
+        embedded=embedded,
+        pg_port=pg_port,
+    )
+
+
+def _api_port() -> int:
+    wanted = int(os.environ.get("AIRFLOW_API_PORT", "8080"))
+    port = local_airflow.free_port(wanted)
+    if port != wanted:
+        say(f"  port {wanted} is busy; the Airflow UI and API use {port} instead")
+    return port
+
+
+# --------------------------------------------------------------------------- run steps
+
+
+def check_modules() -> None:
+    missing = [f"{mod} ({what})" for mod, what in REQUIRED.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise DemoError("not written yet: " + "; ".join(missing))
+
+
+def reset_embedded(dbs: Databases, pg_port: int) -> None:
+    """A fresh legacy and destination world on the embedded server, so every demo tells the same story."""
+    import psycopg
+    from psycopg import sql
+
+    fresh = [name for name in ("legacy", "supabase") if name in dbs.embedded]
+    with psycopg.connect(f"{local_pg.base_uri(pg_port)}/postgres", autocommit=True) as conn:
+        for name in fresh:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    if "supabase" in fresh:
+        shutil.rmtree(STORAGE, ignore_errors=True)
+        shutil.rmtree(REPORTS, ignore_errors=True)
+    if fresh:
+        say(f"  fresh databases: {', '.join(fresh)}")
+
+
+def seed_legacy(dbs: Databases, scale: str) -> None:
+    if "legacy" not in dbs.embedded and os.environ.get("DEMO_SEED_EXTERNAL") != "1":
+        raise DemoError(
+            "AIRFLOW_CONN_LEGACY_DB points at your own database and seeding replaces its contents; "
+            "set DEMO_SEED_EXTERNAL=1 to allow it"
+        )
+    from include.migration.legacy_world import seed
+
+    started = time.monotonic()
+    report = seed(dbs.legacy, scale=scale, media_root=MEDIA)
+    counts = dict(getattr(report, "counts", {}) or {})
+    say(f"  seeded scale={scale} in {time.monotonic() - started:.1f}s")
+    for table, rows in counts.items():
+        say(f"    {table:<28} {rows:>10,}")
+
+
+def bootstrap_destination(dbs: Databases) -> None:
+    from include.migration.bootstrap import bootstrap
+
+    applied = bootstrap(dbs.supabase)
+    say(f"  destination ready ({len(applied or [])} files applied)")
+
+
+def _standin_secret() -> str:
+    if not STANDIN_SECRET.exists():
+        STANDIN_SECRET.parent.mkdir(parents=True, exist_ok=True)
+        STANDIN_SECRET.write_text(secrets.token_urlsafe(32))
+        STANDIN_SECRET.chmod(0o600)
+    return STANDIN_SECRET.read_text().strip()
+
+
+def start_standin() -> dict[str, str]:
+    """Start the Storage stand-in; returns its URL and service-role key."""
+    from include.migration.storage_standin import make_jwt
+
+    local_airflow.stop_recorded(STATE, STANDIN)
+    secret = _standin_secret()
+    port = local_airflow.free_port(STANDIN_PORT)
+    STORAGE.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "include.migration.storage_standin", "--host", "127.0.0.1",
+            "--port", str(port), "--data", str(STORAGE), "--jwt-secret", secret]
+    local_airflow.spawn(STANDIN, args, state_dir=STATE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _wait_listening(port, STANDIN, STATE / "logs" / f"{STANDIN}.log")
+    url = f"http://127.0.0.1:{port}"
+    key = make_jwt(secret, "service_role")
+    STANDIN_KEY.write_text(key)
+    STANDIN_KEY.chmod(0o600)
+    say(f"  Storage stand-in at {url}")
+    return {"url": url, "service_role_key": key}
+
+
+def _wait_listening(port: int, name: str, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if local_airflow.recorded(STATE, name) is None:
+            raise DemoError(f"{name} exited at start; see {log}: {local_airflow.log_tail(log, 5)}")
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise DemoError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s; see {log}")
+
+
+def connections(dbs: Databases, standin: dict[str, str] | None) -> dict[str, str]:
+    """The connections every Airflow process gets, as ``AIRFLOW_CONN_*`` variables."""
+    env = os.environ
+    conns = {
+        "AIRFLOW_CONN_LEGACY_DB": env.get("AIRFLOW_CONN_LEGACY_DB") or dbs.legacy,
+        "AIRFLOW_CONN_SUPABASE_DB": env.get("AIRFLOW_CONN_SUPABASE_DB") or dbs.supabase,
+        "AIRFLOW_CONN_LEGACY_MEDIA": env.get("AIRFLOW_CONN_LEGACY_MEDIA")
+        or json.dumps({"conn_type": "fs", "extra": {"path": str(MEDIA.resolve())}}),
+    }
+    if standin is not None:
+        conns["AIRFLOW_CONN_SUPABASE_API"] = json.dumps(
+            {"conn_type": "http", "host": standin["url"], "password": standin["service_role_key"]}
+        )
+    else:
+        conns["AIRFLOW_CONN_SUPABASE_API"] = env["AIRFLOW_CONN_SUPABASE_API"]
+    return conns
+
+
+def airflow_settings(dbs: Databases, conns: dict[str, str], port: int) -> LocalAirflow:
+    return LocalAirflow(
+        state_dir=STATE,
+        sql_alchemy_conn=dbs.airflow_sqlalchemy,
+        dags_folder=ROOT / "dags",
+        plugins_folder=ROOT / "plugins",
+        port=port,
+        extra_env={
+            **conns,
+            "PYTHONPATH": str(ROOT),
+            "MIGRATION_STATE_DIR": str(REPORTS),
+        },
+    )
+
+
+# --------------------------------------------------------------------------- following runs
+
+
+def wait_for_dags(
+    client: AirflowClient, dags_folder: Path, wanted: tuple[str, ...], timeout: float = 120
+) -> set[str]:
+    """Wait until the DAG processor has parsed every DAG file; returns the DAG ids served.
+
+    Done when every wanted DAG is served, or when each file that looks like a
+    DAG file (Airflow's own test: it names both "airflow" and "dag") has
+    produced a DAG or an import error.
+    """
+    files = [p for p in dags_folder.rglob("*.py") if not p.name.startswith("_")]
+    candidates = {str(p.relative_to(dags_folder)) for p in files if _looks_like_dag_file(p)}
+    for path in files:
+        if str(path.relative_to(dags_folder)) not in candidates:
+            say(f"  note: Airflow does not parse {path.relative_to(dags_folder.parent)}: it never says both "
+                "'airflow' and 'dag' (DAG discovery safe mode)")
+    deadline = time.monotonic() + timeout
+    while True:
+        dags = client.dags()
+        errors = client.import_errors()
+        served = {d["dag_id"] for d in dags}
+        covered = {d.get("relative_fileloc") or "" for d in dags}
+        covered |= {_relative(e["filename"], dags_folder) for e in errors}
+        if set(wanted) <= served or candidates <= covered or time.monotonic() > deadline:
+            for error in errors:
+                first = (error.get("stack_trace") or "").strip().splitlines()[-1:] or [""]
+                say(f"  import error in {error['filename']}: {first[0]}")
+            return served
+        time.sleep(2)
+
+
+def _looks_like_dag_file(path: Path) -> bool:
+    text = path.read_text(errors="replace").lower()
+    return "airflow" in text and "dag" in text
+
+
+def _relative(filename: str, folder: Path) -> str:
+    path = Path(filename)
+    try:
+        return str(path.relative_to(folder)) if path.is_absolute() else filename
+    except ValueError:
+        return filename
+
+
+def _task_summary(tis: list[dict[str, Any]]) -> dict[str, str]:
+    """Task id -> its state, or counts of states for a mapped task."""
+    by_task: dict[str, Counter[str]] = {}
+    for ti in tis:
+        by_task.setdefault(ti["task_id"], Counter())[ti.get("state") or "waiting"] += 1
+    return {
+        task: next(iter(c)) if len(c) == 1 and sum(c.values()) == 1
+        else ", ".join(f"{state} {n}" for state, n in sorted(c.items()))
+        for task, c in by_task.items()
+    }
+
+
+class RunFollower:
+    """Prints a run's state and its tasks' states as they change."""
+
+    def __init__(self, client: AirflowClient, dag_id: str, run_id: str) -> None:
+        self.client, self.dag_id, self.run_id = client, dag_id, run_id
+        self.state: str | None = None
+        self.tasks: dict[str, str] = {}
+
+    def __call__(self, run: dict[str, Any]) -> None:
+        missing = set(local_airflow.COMPONENTS) - set(local_airflow.running(STATE))
+        if missing:
+            name = sorted(missing)[0]
+            raise DemoError(f"airflow {name} stopped; see {STATE / 'logs' / f'airflow-{name}.log'}")
+        if run["state"] != self.state:
+            self.state = run["state"]
+            say(f"  [{self.dag_id}] {self.state}")
+        summary = _task_summary(self.client.task_instances(self.dag_id, self.run_id))
+        for task, state in summary.items():
+            if self.tasks.get(task) != state:
+                say(f"  [{self.dag_id}]   {task}: {state}")
+        self.tasks = summary
+
+
+def print_failures(client: AirflowClient, dag_id: str, run_id: str, lines: int = 30) -> None:
+    for ti in client.task_instances(dag_id, run_id):
+        if ti.get("state") != "failed":
+            continue
+        where = ti["task_id"] + (f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else "")
+        say(f"  --- log tail of {dag_id}.{where}, try {ti['try_number']} ---")
+        try:
+            log = client.task_log(dag_id, run_id, ti["task_id"], ti["try_number"], ti.get("map_index", -1))
+        except ApiError as err:
+            log = [f"(log not available: {err})"]
+        for line in log[-lines:]:
+            say(f"    {line}")
+
+
+def follow(client: AirflowClient, dag_id: str, run_id: str, timeout: float) -> str:
+    say(f"  [{dag_id}] run {run_id}")
+    started = time.monotonic()
+    run = client.wait_for_run(dag_id, run_id, timeout=timeout, on_poll=RunFollower(client, dag_id, run_id))
+    say(f"  [{dag_id}] {run['state']} after {time.monotonic() - started:.0f}s")
+    if run["state"] != "success":
+        print_failures(client, dag_id, run_id)
+    return run["state"]
+
+
+def _child_run(
+    client: AirflowClient, dag_id: str, parent: tuple[str, str], since: datetime, wait: float
+) -> dict[str, Any] | None:
+    """The run of ``dag_id`` that an asset event of the ``parent`` (dag id, run id) started."""
+    deadline = time.monotonic() + wait
+    while True:
+        for run in client.dag_runs(dag_id, since=since):
+            events = client.upstream_asset_events(dag_id, run["dag_run_id"])
+            if any((e.get("source_dag_id"), e.get("source_run_id")) == parent for e in events):
+                return run
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(2)
+
+
+def trigger_top(client: AirflowClient, conf: dict[str, Any]) -> dict[str, Any]:
+    """Trigger the first DAG of the chain the way the UI's Trigger button does, then unpause it.
+
+    Unpausing a scheduled DAG whose last interval is past (``catchup=False``)
+    makes the scheduler start that interval's run at once, which would run
+    the chain in its default mode ahead of this one. A run that already
+    holds that logical date takes its place: the scheduler skips it.
+    """
+    dag_id = CHAIN[0]
+    dag = client.dag(dag_id)
+    due = dag.get("next_dagrun_logical_date")
+    logical_date = None
+    if dag.get("is_paused") and due and datetime.fromisoformat(due) <= datetime.now(UTC):
+        logical_date = datetime.fromisoformat(due)
+    try:
+        run = client.trigger(dag_id, conf, logical_date=logical_date)
+    except ApiError as err:
+        if err.status != 409 or logical_date is None:
+            raise
+        run = client.trigger(dag_id, conf)
+    if dag.get("is_paused"):
+        client.unpause(dag_id)
+    return run
+
+
+def run_chain(client: AirflowClient, served: set[str], mode: str, timeout: float) -> dict[str, str]:
+    """Trigger the first DAG with ``{"mode": mode}`` and follow the asset-triggered chain it starts.
+
+    Returns each DAG's outcome: a run state, "not there" or "not triggered".
+    """
+    outcome = dict.fromkeys(CHAIN, "not there")
+    if CHAIN[0] not in served:
+        say(f"  [{CHAIN[0]}] not there yet: nothing to trigger")
+        return outcome
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    run = trigger_top(client, {"mode": mode})
+    outcome[CHAIN[0]] = follow(client, CHAIN[0], run["dag_run_id"], timeout)
+    parent: tuple[str, str] | None = (CHAIN[0], run["dag_run_id"])
+    for dag_id in CHAIN[1:]:
+        if dag_id not in served:
+            say(f"  [{dag_id}] not there yet (skipped)")
+            parent = None
+            continue
+        # An Asset is updated when its producing task succeeds, even in a run that fails later
+        # (schema_diff's verdict task): the scheduler then makes the child's run within seconds.
+        wait = 90 if parent and outcome[parent[0]] == "success" else 20
+        child = _child_run(client, dag_id, parent, since, wait) if parent else None
+        if child is None:
+            say(f"  [{dag_id}] was not triggered (its upstream Asset was not updated)")
+            outcome[dag_id], parent = "not triggered", None
+            continue
+        outcome[dag_id] = follow(client, dag_id, child["dag_run_id"], timeout)
+        parent = (dag_id, child["dag_run_id"])
+    say("  " + ", ".join(f"{dag_id}: {state}" for dag_id, state in outcome.items()))
+    return outcome
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _save(info: dict[str, Any]) -> None:
+    DEMO_FILE.write_text(json.dumps(info, indent=2))
+
+
+def _load() -> dict[str, Any] | None:
+    return json.loads(DEMO_FILE.read_text()) if DEMO_FILE.exists() else None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    check_modules()
+    started = time.monotonic()
+    STATE.mkdir(exist_ok=True)
+    say("== 1. databases")
+    if previous := _stop_services():
+        say(f"  stopped the previous demo's {', '.join(previous)}")
+    dbs = databases(args.port, start_embedded=True)
+    held = ", ".join(sorted(dbs.embedded))
+    say(f"  embedded PostgreSQL: {f'127.0.0.1:{args.port} ({held})' if held else 'not needed'}")
+    reset_embedded(dbs, args.port)
+    say("== 2. legacy world")
+    seed_legacy(dbs, args.scale)
+    say("== 3. destination")
+    bootstrap_destination(dbs)
+    say("== 4. Storage")
+    standin = None if os.environ.get("AIRFLOW_CONN_SUPABASE_API") else start_standin()
+    say("== 5. Airflow")
+    airflow_started = time.monotonic()
+    client = start_airflow(dbs, standin)
+    say(f"  Airflow answered after {time.monotonic() - airflow_started:.0f}s")
+    timeout = float(os.environ.get("DEMO_RUN_TIMEOUT", "1800"))
+    served = wait_for_dags(client, ROOT / "dags", CHAIN)
+    unpause(client, served)
+    say("== 6. full migration")
+    outcomes = list(run_chain(client, served, "full", timeout).values())
+    say("== 7. changes in the legacy world, then an incremental migration")
+    apply_legacy_changes(dbs)
+    outcomes += run_chain(client, served, "incremental", timeout).values()
+    say("== 8. report")
+    if not print_report(dbs):
+        outcomes.append("report failed")
+    counts = Counter(outcomes)
+    say(f"\ndemo finished in {time.monotonic() - started:.0f}s: "
+        + ", ".join(f"{n} {state}" for state, n in counts.most_common()))
+    print_env(_load() or {})
+    return 0 if set(counts) == {"success"} else 1
+
+
+def start_airflow(dbs: Databases, standin: dict[str, str] | None) -> AirflowClient:
+    conns = connections(dbs, standin)
+    af = airflow_settings(dbs, conns, _api_port())
+    info = {
+        "pg_port": dbs.pg_port if dbs.embedded else None,
+        "embedded": sorted(dbs.embedded),
+        "api_port": af.port,
+        "standin_url": standin["url"] if standin else None,
+    }
+    _save(info)
+    client = local_airflow.start(af)
+    say(f"  api-server, scheduler, dag-processor, triggerer running; UI {af.ui_url}; logs in {af.logs_dir}")
+    return client
+
+
+def unpause(client: AirflowClient, served: set[str]) -> None:
+    """Unpause every DAG but the chain's first, which ``trigger_top`` unpauses after triggering it."""
+    names = sorted(served)
+    for dag in client.dags():
+        if dag["dag_id"] in served and dag["dag_id"] != CHAIN[0] and dag.get("is_paused"):
+            client.unpause(dag["dag_id"])
+    say(f"  DAGs: {', '.join(names) or 'none parsed yet'} (all unpaused; {CHAIN[0]} once triggered)")
+
+
+def apply_legacy_changes(dbs: Databases) -> None:
+    from include.migration.legacy_world import apply_changes
+
+    result = apply_changes(dbs.legacy, media_root=MEDIA)
+    counts = getattr(result, "counts", None) or {}
+    changed = ", ".join(f"{kind} {n}" for kind, n in counts.items() if n)
+    say(f"  legacy changes applied: {changed or 'none'}")
+
+
+def print_report(dbs: Databases) -> bool:
+    """Print the per-entity report; a report that fails is shown, and the demo goes on to the addresses."""
+    if importlib.util.find_spec("include.migration.report") is None:
+        say("  (include.migration.report is not written yet: no per-entity report)")
+        return True
+    from include.migration.report import demo_report
+
+    # The seed leaves the legacy world's report (known passwords) beside the media folder;
+    # with it the report also proves migrated users sign in with their old passwords.
+    world = MEDIA.parent / "world-report.json"
+    try:
+        say(demo_report(dbs.supabase, world_report=world) if world.exists() else demo_report(dbs.supabase))
+    except Exception:  # the report is the last step: the addresses must still print
+        traceback.print_exc()
+        say("  the report failed (traceback above)")
+        return False
+    return True
+
+
+def print_env(info: dict[str, Any]) -> None:
+    port = info.get("pg_port")
+    pg = local_pg.base_uri(port) if port else None
+    api_port = info.get("api_port", 8080)
+    embedded = info.get("embedded", [])
+    legacy = f"{pg}/legacy" if pg and "legacy" in embedded else "(your AIRFLOW_CONN_LEGACY_DB)"
+    supabase = f"{pg}/supabase" if pg and "supabase" in embedded else "(your AIRFLOW_CONN_SUPABASE_DB)"
+    passwords = STATE / "airflow" / "simple_auth_manager_passwords.json.generated"
+    password = json.loads(passwords.read_text()).get(local_airflow.ADMIN_USER) if passwords.exists() else "?"
+    say(f"\nAirflow UI     http://localhost:{api_port}   login: {local_airflow.ADMIN_USER} / {password}")
+    say(f"legacy         psql {legacy}")
+    say(f"supabase       psql {supabase}")
+    if info.get("standin_url"):
+        key = STANDIN_KEY.read_text().strip() if STANDIN_KEY.exists() else "?"
+        say(f"Storage        {info['standin_url']}  (service-role key: {key})")
+    say(f"logs           {STATE / 'logs'}")
+    say("stop it all    make stop")
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    info = _load()
+    if info is None:
+        say("nothing started yet: run `make demo`")
+        return 1
+    alive = local_airflow.running(STATE)
+    say("running: " + (", ".join(alive) if alive else "no Airflow component (run `make demo`)"))
+    print_env(info)
+    return 0
+
+
+def _stop_services() -> list[str]:
+    """Stop Airflow and the stand-in, then whatever else of ours outlived them."""
+    stopped = [f"airflow {name}" for name in local_airflow.stop(STATE)]
+    stopped += local_airflow.stop_recorded(STATE, STANDIN)
+    if left := local_airflow.sweep(STATE):
+        stopped.append(f"{left} leftover process(es)")
+    return stopped
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    stopped = _stop_services()
+    if PG_DIR.exists() and local_pg.stop(PG_DIR):
+        stopped.append("embedded PostgreSQL")
+    say("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+    return 0
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m include.migration.demo", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("command", choices=("run", "stop", "env"))
+    parser.add_argument("--scale", default="small", help="size of the legacy world (run only)")
+    parser.add_argument("--port", type=int, default=54329, help="port of the embedded PostgreSQL")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    command = {"run": cmd_run, "stop": cmd_stop, "env": cmd_env}[args.command]
+    try:
+        return command(args)
+    except (DemoError, RuntimeError, httpx.HTTPError) as err:
+        # DemoError, the start helpers' RuntimeErrors and ApiError all say what went wrong.
+        what = f"{type(err).__name__}: {err}" if isinstance(err, httpx.HTTPError) else str(err)
+        print(f"demo: {what}", file=sys.stderr)
+        if args.command == "run":
+            print("demo: what was started keeps running (make env shows it; make stop ends it)",
+                  file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted; what was started keeps running (make stop ends it)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
