@@ -248,3 +248,22 @@ def test_rollback_of_the_second_run_restores_the_first_state(world):
         assert conn.execute("SELECT count(*), md5(string_agg(u::text, ',' ORDER BY id)) FROM auth.users u").fetchone() == auth_first
     statuses = fetch(world.dest, "SELECT DISTINCT status FROM migration.runs WHERE run_id LIKE %s", "%:r2")
     assert statuses == [("rolled_back",)]
+
+
+def test_bulk_insert_still_refuses_an_orphan(world):
+    """The empty-range fast path checks foreign keys set-based: an orphan rolls the chunk back."""
+    from psycopg import sql
+
+    seed_rules_world(world.legacy)
+    for name in ("users", "agents", "conversations"):
+        pipeline.run_entity(world, name, "orph", mode="full", validate_with_gx=False, quarantine_threshold_pct=100)
+    out = pipeline.extract(world, "messages", "orph", mode="full", dry_run=False)
+    pipeline.transform(world, "messages", out["run_id"])
+    with psycopg.connect(world.dest, autocommit=True) as conn:
+        stage = conn.execute("SELECT stage_table FROM migration.runs WHERE run_id = %s", (out["run_id"],)).fetchone()[0]
+        # As if the parent vanished after the destination-side check.
+        conn.execute(sql.SQL("UPDATE {} SET conversation_id = %s WHERE id = 1").format(
+            sql.Identifier("migration_stage", stage)), (MISSING,))
+    with pytest.raises(RuntimeError, match="reference a missing conversations row"):
+        pipeline.load(world, "messages", out["run_id"], quarantine_threshold_pct=100)
+    assert fetch(world.dest, "SELECT count(*) FROM public.messages") == [(0,)]
