@@ -131,7 +131,8 @@ def entity_dag(name: str, doc: str | None) -> Any:
                 return pipeline.load(pipeline.Conns.from_airflow(), name, transformed["run_id"],
                                      batch_size=int(params["batch_size"]), gate=gate,
                                      quarantine_threshold_pct=float(params["quarantine_threshold_pct"]))
-            except (SchemaGateClosed, pipeline.AccountingMismatch, pipeline.QuarantineThresholdExceeded) as exc:
+            except (SchemaGateClosed, pipeline.AccountingMismatch, pipeline.QuarantineThresholdExceeded,
+                    pipeline.LockdownBroken) as exc:
                 _fail(exc)
                 raise
 

@@ -177,7 +177,25 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
         runs.update(dest, run_id, status="loaded", finished_at=_now(dest), counts={"accounting": accounting})
         dest.commit()
     _enforce_quarantine_threshold(conns, entity, run, quarantine_threshold_pct)
+    check_lockdown(conns)
     return {"run_id": run_id, **result.as_dict()}
+
+
+class LockdownBroken(RuntimeError):
+    pass
+
+
+def check_lockdown(conns: Conns) -> None:
+    """After every load: RLS on, owner-only policies, nothing for anon, migration schema private."""
+    from include.migration.bootstrap import security_report
+
+    with db.connection(conns.dest) as dest:
+        findings = security_report(dest)
+    if findings:
+        raise LockdownBroken("the destination is not locked down: " + " | ".join(str(f) for f in findings)
+                             + " Rerun the bootstrap (python -m include.migration.bootstrap) or fix the grants.")
+    log.info("lock-down check: RLS on every public table, owner-only policies, no grants for anon, "
+             "migration schema private")
 
 
 def _run(dest, run_id: str) -> runs.Run:

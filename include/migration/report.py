@@ -109,7 +109,7 @@ def media_lines(conn) -> list[str]:
     if not exists:
         return []
     rows = conn.execute(
-        "SELECT outcome, count(*), coalesce(sum(bytes), 0) FROM migration.media_uploads GROUP BY 1 ORDER BY 1"
+        "SELECT outcome, count(*), coalesce(sum(bytes), 0)::float8 FROM migration.media_uploads GROUP BY 1 ORDER BY 1"
     ).fetchall()
     if not rows:
         return []

@@ -267,3 +267,11 @@ def test_bulk_insert_still_refuses_an_orphan(world):
     with pytest.raises(RuntimeError, match="reference a missing conversations row"):
         pipeline.load(world, "messages", out["run_id"], quarantine_threshold_pct=100)
     assert fetch(world.dest, "SELECT count(*) FROM public.messages") == [(0,)]
+
+
+def test_load_fails_when_the_destination_is_not_locked_down(world):
+    seed_rules_world(world.legacy)
+    with psycopg.connect(world.dest, autocommit=True) as conn:
+        conn.execute("ALTER TABLE public.users DISABLE ROW LEVEL SECURITY")
+    with pytest.raises(pipeline.LockdownBroken, match="public.users"):
+        pipeline.run_entity(world, "users", "open", mode="full", validate_with_gx=False, quarantine_threshold_pct=100)
