@@ -275,3 +275,18 @@ def test_load_fails_when_the_destination_is_not_locked_down(world):
         conn.execute("ALTER TABLE public.users DISABLE ROW LEVEL SECURITY")
     with pytest.raises(pipeline.LockdownBroken, match="public.users"):
         pipeline.run_entity(world, "users", "open", mode="full", validate_with_gx=False, quarantine_threshold_pct=100)
+
+
+def test_demo_report_shows_every_run_adding_up(world):
+    from include.migration.report import demo_report
+
+    seed_rules_world(world.legacy)
+    run_all(world, "rep")
+    with psycopg.connect(world.dest, autocommit=True) as conn:
+        conn.execute("INSERT INTO migration.media_uploads (run_id, object_path, outcome, bytes) "
+                     "VALUES ('media:rep', 'u/m/a.png', 'uploaded', 2500000)")
+    text = demo_report(world.dest)
+    assert text.count(": adds up") == 4 and "DOES NOT ADD UP" not in text
+    assert "8 in scope = 4 + 1 + 3: adds up" in text  # messages
+    assert "auth accounts: 3 (2 with a password, 1 without" in text
+    assert "media uploads: uploaded 1 files (2.5 MB)" in text
