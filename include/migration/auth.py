@@ -31,6 +31,13 @@ def upsert_accounts(dest: psycopg.Connection, stage: sql.Identifier, where: sql.
                s.created_at, s.updated_at, '', '', '', '', false, false
         FROM {stage} s
         WHERE s._disposition = 'loaded' AND {where}
+          -- accounts already as they should be are not touched (a rerun writes nothing)
+          AND NOT EXISTS (
+              SELECT 1 FROM auth.users o WHERE o.id = s.id
+                 AND (o.email, o.encrypted_password, o.raw_user_meta_data, o.updated_at)
+                     IS NOT DISTINCT FROM (s.email, coalesce(s.password_hash, ''),
+                          jsonb_strip_nulls(jsonb_build_object('name', s.name, 'avatar_url', s.avatar_url)),
+                          s.updated_at))
         ON CONFLICT (id) DO UPDATE SET
             email = EXCLUDED.email,
             encrypted_password = EXCLUDED.encrypted_password,

@@ -266,6 +266,9 @@ def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
         sql.SQL(
             "WITH m AS (INSERT INTO {target} AS t ({cols}) SELECT {scols} FROM {stage} s "
             "WHERE s._disposition = 'loaded' AND {where} "
+            # Identical rows are left out before the insert: an ON CONFLICT that finds
+            # nothing to change still pays a speculative insert and a row lock per row.
+            "AND NOT EXISTS (SELECT 1 FROM {target} o WHERE o.{key} = s.{key} AND NOT {same}) "
             "ON CONFLICT ({key}) DO UPDATE SET ({noncols}) = ROW({excluded}) WHERE {diff} "
             "RETURNING t.{key}, (xmax = 0) AS inserted), "
             "i AS (INSERT INTO migration.before_images (run_id, entity, op, keys) "
@@ -275,7 +278,7 @@ def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
             target=target, cols=_cols(names), scols=_cols(names, "s"), stage=stage, where=where, key=key,
             noncols=_cols(non_key),
             excluded=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in non_key),
-            diff=_distinct_condition(entity, "t", "excluded"),
+            diff=_distinct_condition(entity, "t", "excluded"), same=_distinct_condition(entity, "o", "s"),
             run=sql.Literal(run_id), label=sql.Literal(images.table_label(*_delete_table(entity))),
         )
     ).fetchone()
