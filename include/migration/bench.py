@@ -1070,6 +1070,8 @@ def print_report(report: dict) -> None:
         "messages are append-only in the app, so this is a synthetic stress; (3) runs messages only "
         "(nothing else changed).")
     say(f"(4) apply_changes(fraction=0.01): {_fmt_changes(report.get('changes'))}")
+    say("(5) runs after (4): an incremental run does not sweep hard deletes (that needs every key), so the "
+        "rows apply_changes hard-deleted are 'extra' in the destination until the next full run")
     for r in report["steps"]:
         if r["step"] == RECONCILE and not r.get("error"):
             say(f"(5) {(r.get('detail') or {}).get('verdict', '')[:160]}")

@@ -427,8 +427,9 @@ def sweep_gone(dest: psycopg.Connection, entity: Entity, table: str, run_id: str
     for ledger in ("quarantine", "exclusions"):
         dest.execute(sql.SQL(
             "DELETE FROM migration.{ledger} q WHERE q.entity = {entity} AND NOT EXISTS "
-            "(SELECT 1 FROM {stage} s WHERE s.{key}::text = q.source_key)"
-        ).format(ledger=sql.Identifier(ledger), entity=sql.Literal(entity.name), stage=stage, key=key))
+            "(SELECT 1 FROM {stage} s WHERE s.{key} = q.source_key::{typ})"
+        ).format(ledger=sql.Identifier(ledger), entity=sql.Literal(entity.name), stage=stage, key=key,
+                 typ=sql.SQL(entity.key_type)))
     if deleted:
         log.info("%s: %d destination rows deleted, their source rows are gone (hard deletes)", entity.name, deleted)
     dest.commit()
@@ -454,10 +455,12 @@ def record_ledgers(dest: psycopg.Connection, entity: Entity, table: str, run_id:
         "run_id = EXCLUDED.run_id"
     ).format(**params))
     for ledger, disposition in (("quarantine", "quarantined"), ("exclusions", "excluded")):
+        # Driven by the (small) ledger, probing the stage by its key index.
         dest.execute(sql.SQL(
-            "DELETE FROM migration.{ledger} q USING {stage} s WHERE q.entity = {entity} "
-            "AND q.source_key = s.{key}::text AND s._disposition <> {disp}"
-        ).format(ledger=sql.Identifier(ledger), disp=sql.Literal(disposition), **params))
+            "DELETE FROM migration.{ledger} q WHERE q.entity = {entity} AND EXISTS (SELECT 1 FROM {stage} s "
+            "WHERE s.{key} = q.source_key::{typ} AND s._disposition <> {disp})"
+        ).format(ledger=sql.Identifier(ledger), disp=sql.Literal(disposition), typ=sql.SQL(entity.key_type),
+                 **params))
     if entity.name == "users":
         dest.execute(sql.SQL(
             "INSERT INTO migration.user_id_map (loser_id, survivor_id, email, run_id) "

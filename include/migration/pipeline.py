@@ -229,11 +229,12 @@ def account(dest, entity: Entity, run: runs.Run, result: load_mod.LoadResult) ->
     ).format(stage=stage, target=sql.Identifier(entity.schema_name, entity.target_table),
              key=sql.Identifier(entity.key))).fetchone()[0]
     in_ledgers = dest.execute(sql.SQL(
-        "SELECT (SELECT count(*) FROM migration.quarantine q JOIN {stage} s ON s.{key}::text = q.source_key "
+        "SELECT (SELECT count(*) FROM migration.quarantine q JOIN {stage} s ON s.{key} = q.source_key::{typ} "
         "        WHERE q.entity = %s AND s._disposition = 'quarantined'), "
-        "       (SELECT count(*) FROM migration.exclusions x JOIN {stage} s ON s.{key}::text = x.source_key "
+        "       (SELECT count(*) FROM migration.exclusions x JOIN {stage} s ON s.{key} = x.source_key::{typ} "
         "        WHERE x.entity = %s AND s._disposition = 'excluded')"
-    ).format(stage=stage, key=sql.Identifier(entity.key)), (entity.name, entity.name)).fetchone()
+    ).format(stage=stage, key=sql.Identifier(entity.key), typ=sql.SQL(entity.key_type)),
+        (entity.name, entity.name)).fetchone()
     problems = []
     in_scope = run.stage_rows or 0
     if sum(total.values()) != in_scope:
