@@ -723,47 +723,12 @@ class StorageReconciliation:
                 "different": self.different, "hashed": self.hashed, "seconds": round(self.seconds, 3)}
 
 
-def walk_objects(client: Any, bucket: str, *, workers: int = DEFAULT_CONCURRENCY) -> dict[str, int]:
-    """Every object of the bucket as ``{path: size}``, like ``media_files.list_objects`` but listing the
-    folders of each level in parallel: Storage lists one folder per request and the migration's layout
-    (owner/media id/file) has about one folder per file, so a sequential walk is a round trip per file."""
-    from include.migration.media_files import EMPTY_FOLDER, LIST_PAGE_SIZE
-
-    files = client.storage.from_(bucket)
-
-    def one_folder(folder: str) -> tuple[dict[str, int], list[str]]:
-        found: dict[str, int] = {}
-        subfolders: list[str] = []
-        offset = 0
-        while True:
-            page = files.list(folder or None, {"limit": LIST_PAGE_SIZE, "offset": offset,
-                                               "sortBy": {"column": "name", "order": "asc"}})
-            for entry in page:
-                path = f"{folder}/{entry['name']}" if folder else entry["name"]
-                if entry.get("id") is None:
-                    subfolders.append(path)
-                elif not entry["name"].endswith(EMPTY_FOLDER):
-                    found[path] = int((entry.get("metadata") or {}).get("size") or 0)
-            if len(page) < LIST_PAGE_SIZE:
-                return found, subfolders
-            offset += LIST_PAGE_SIZE
-
-    objects: dict[str, int] = {}
-    level = [""]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="media-list") as pool:
-        while level:
-            next_level: list[str] = []
-            for found, subfolders in pool.map(one_folder, level):
-                objects.update(found)
-                next_level += subfolders
-            level = next_level
-    return objects
-
-
 def reconcile_storage(dest_dsn: str, settings: MediaSettings, *, run_id: str | None = None,
                       client: Any = None) -> StorageReconciliation | None:
     """Compare every ``public.media`` row with its object; None when there is nothing on either side
     to compare (no row and no upload ever recorded: Storage is not contacted). ``run_id`` seeds the sample."""
+    from include.migration.media_files import list_objects
+
     started = time.perf_counter()
     with db.connection(dest_dsn, application="migration-reconcile-media") as conn:
         rows = conn.execute("SELECT id::text, owner_id::text, file_name, bucket, object_path, size_bytes, sha256 "
@@ -773,7 +738,7 @@ def reconcile_storage(dest_dsn: str, settings: MediaSettings, *, run_id: str | N
         log.info("media: no row in public.media and no upload recorded; Storage not compared")
         return None
     client = client or storage_client()
-    listing = walk_objects(client, settings.bucket, workers=settings.concurrency)
+    listing = list_objects(client, settings.bucket)
     result = StorageReconciliation(settings.bucket, len(rows), len(listing))
     to_hash = _compare_rows(rows, listing, settings, result)
     if not settings.verify_all_objects and len(to_hash) > RECONCILE_SAMPLE:

@@ -158,3 +158,5 @@ CREATE TABLE IF NOT EXISTS migration.media_uploads (
 );
 CREATE INDEX IF NOT EXISTS media_uploads_run ON migration.media_uploads (run_id);
 CREATE INDEX IF NOT EXISTS media_uploads_path ON migration.media_uploads (object_path);
+-- Created after the REVOKE above: the same lock-down, so a second bootstrap changes nothing.
+REVOKE ALL ON TABLE migration.media_uploads FROM PUBLIC;

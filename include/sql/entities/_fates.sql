@@ -2,10 +2,18 @@
 -- A pure function of the legacy database, so every entity decides the same
 -- way about a parent, and the reconciliation can recompute it at any time.
 --
--- user_fate.problem: NULL (migrates), 'soft_deleted' (excluded) or
---   'invalid_email' (quarantined). Among migrating users that share an email
---   after lower(trim()), the most recently updated survives (ties: latest
---   created, then lowest id); the others are merged into it (survivor_id).
+-- A timestamp is implausible before 1970 or more than a day after the
+-- snapshot: a row carrying one is quarantined ('implausible_timestamp'),
+-- and no change_ts takes a future value, so one row dated 9999 cannot carry
+-- the incremental watermark past every later change.
+clock AS (
+    SELECT timestamp '1970-01-01' AS earliest, (now() AT TIME ZONE 'UTC') + interval '1 day' AS latest
+),
+-- user_fate.problem: NULL (migrates), 'soft_deleted' (excluded),
+--   'invalid_email' or 'implausible_timestamp' (quarantined). Among migrating
+--   users that share an email after lower(trim()), the most recently updated
+--   survives (ties: latest created, then lowest id); the others are merged
+--   into it (survivor_id).
 user_base AS (
     SELECT u.*,
            lower(btrim(u.email)) AS email_norm,
@@ -15,9 +23,14 @@ user_base AS (
                 WHEN lower(btrim(u.email)) !~ '^[^@[:space:]]+@[^@[:space:].]+(\.[^@[:space:].]+)+$'
                   OR length(btrim(u.email)) > 254
                 THEN 'invalid_email'
+                WHEN u.created_at < k.earliest OR u.created_at > k.latest OR u.updated_at > k.latest
+                THEN 'implausible_timestamp'
            END AS problem,
-           greatest(u.created_at, u.updated_at, u.deleted_at) AS change_ts
+           greatest(CASE WHEN u.created_at <= k.latest THEN u.created_at END,
+                    CASE WHEN u.updated_at <= k.latest THEN u.updated_at END,
+                    CASE WHEN u.deleted_at <= k.latest THEN u.deleted_at END) AS change_ts
     FROM {src_users} u
+    CROSS JOIN clock k
 ),
 user_fate AS (
     SELECT b.*,
@@ -28,33 +41,50 @@ user_fate AS (
            END AS survivor_id
     FROM user_base b
 ),
--- agent_fate.problem: NULL, or the reason the agent cannot migrate.
+-- agent_fate.problem: NULL, or the reason the agent cannot migrate. tools
+-- nested deeper than 100 levels counts as malformed (see messages.sql).
 agent_fate AS (
     SELECT a.id,
            CASE WHEN a.owner_id IS NOT NULL AND uf.id IS NULL THEN 'quarantined:owner_missing'
-                WHEN uf.problem = 'invalid_email' THEN 'quarantined:owner_quarantined'
                 WHEN uf.problem = 'soft_deleted' THEN 'excluded:owner_excluded'
-                WHEN a.tools IS NOT NULL AND NOT (
-                       pg_input_is_valid(a.tools, 'jsonb')
-                       AND jsonb_typeof(CASE WHEN pg_input_is_valid(a.tools, 'jsonb')
-                                             THEN a.tools::jsonb END) = 'array')
+                WHEN uf.problem IS NOT NULL THEN 'quarantined:owner_quarantined'
+                WHEN a.created_at < k.earliest OR a.created_at > k.latest OR a.updated_at > k.latest
+                THEN 'quarantined:implausible_timestamp'
+                WHEN a.tools IS NULL THEN NULL
+                -- Measured before anything parses it (see messages.sql).
+                WHEN CASE WHEN octet_length(a.tools) > 200
+                               AND length(a.tools) - length(translate(a.tools, '[{{', '')) > 100
+                          THEN (SELECT max(depth) > 100 FROM (
+                            SELECT sum(CASE WHEN b IN ('[', '{{') THEN 1 ELSE -1 END) OVER (ORDER BY n) AS depth
+                            FROM string_to_table(regexp_replace(regexp_replace(
+                                     a.tools, '"(?:[^"\\]|\\.)*"', '', 'g'), '[^][{{}}]', '', 'g'), NULL)
+                                 WITH ORDINALITY AS t (b, n)) d) END
                 THEN 'quarantined:tools_malformed'
+                WHEN NOT pg_input_is_valid(a.tools, 'jsonb') THEN 'quarantined:tools_malformed'
+                WHEN jsonb_typeof(a.tools::jsonb) <> 'array' THEN 'quarantined:tools_malformed'
            END AS problem,
            uf.survivor_id AS owner_survivor_id,
-           greatest(a.created_at, a.updated_at, uf.change_ts) AS change_ts
+           greatest(CASE WHEN a.created_at <= k.latest THEN a.created_at END,
+                    CASE WHEN a.updated_at <= k.latest THEN a.updated_at END, uf.change_ts) AS change_ts
     FROM {src_agents} a
+    CROSS JOIN clock k
     LEFT JOIN user_fate uf ON uf.id = a.owner_id
 ),
 -- conversation_fate.problem: NULL, or why the conversation cannot migrate.
 conversation_fate AS (
     SELECT c.id,
            CASE WHEN uf.id IS NULL THEN 'quarantined:user_missing'
-                WHEN uf.problem = 'invalid_email' THEN 'quarantined:user_quarantined'
                 WHEN uf.problem = 'soft_deleted' THEN 'excluded:user_excluded'
+                WHEN uf.problem IS NOT NULL THEN 'quarantined:user_quarantined'
                 WHEN c.deleted_at IS NOT NULL THEN 'excluded:soft_deleted'
+                WHEN c.created_at < k.earliest OR c.created_at > k.latest OR c.updated_at > k.latest
+                THEN 'quarantined:implausible_timestamp'
            END AS problem,
            uf.survivor_id AS user_survivor_id,
-           greatest(c.created_at, c.updated_at, c.deleted_at, uf.change_ts) AS change_ts
+           greatest(CASE WHEN c.created_at <= k.latest THEN c.created_at END,
+                    CASE WHEN c.updated_at <= k.latest THEN c.updated_at END,
+                    CASE WHEN c.deleted_at <= k.latest THEN c.deleted_at END, uf.change_ts) AS change_ts
     FROM {src_conversations} c
+    CROSS JOIN clock k
     LEFT JOIN user_fate uf ON uf.id = c.user_id
 )

@@ -22,11 +22,11 @@ SELECT
     ma.sha256,
     ma.created_at AT TIME ZONE 'UTC' AS created_at,
     ma.storage_key,
-    CASE WHEN uf.id IS NULL OR uf.problem = 'invalid_email' THEN 'quarantined'
+    CASE WHEN uf.id IS NULL OR uf.problem IN ('invalid_email', 'implausible_timestamp') THEN 'quarantined'
          WHEN uf.problem = 'soft_deleted' THEN 'excluded'
          ELSE 'loaded' END AS _disposition,
     CASE WHEN uf.id IS NULL THEN 'owner_missing'
-         WHEN uf.problem = 'invalid_email' THEN 'owner_quarantined'
+         WHEN uf.problem IN ('invalid_email', 'implausible_timestamp') THEN 'owner_quarantined'
          WHEN uf.problem = 'soft_deleted' THEN 'owner_excluded'
          ELSE 'ok' END AS _reason,
     array_remove(ARRAY[

@@ -1,7 +1,10 @@
 -- messages: conversation missing -> quarantined; conversation quarantined ->
 -- quarantined; conversation excluded -> excluded; role 'bot' -> 'assistant';
--- any other unknown role -> quarantined; metadata null -> an empty object; malformed (or
--- not a JSON object) -> loaded as an object with key legacy_raw holding the text, repaired.
+-- any other unknown role -> quarantined; created_at before 1970 or more than
+-- a day ahead -> quarantined (implausible_timestamp); metadata null -> an
+-- empty object; malformed (or not a JSON object, or with a \u0000 escape
+-- jsonb refuses, or nested deeper than 100 levels) -> loaded as an object
+-- with key legacy_raw holding the text, repaired.
 WITH {fates}
 SELECT
     m.id,
@@ -17,11 +20,13 @@ SELECT
     CASE WHEN cf.id IS NULL THEN 'quarantined'
          WHEN cf.problem IS NOT NULL THEN split_part(cf.problem, ':', 1)
          WHEN m.role NOT IN ('user', 'assistant', 'system', 'tool', 'bot') THEN 'quarantined'
+         WHEN j.implausible_ts THEN 'quarantined'
          ELSE 'loaded' END AS _disposition,
     CASE WHEN cf.id IS NULL THEN 'conversation_missing'
          WHEN cf.problem LIKE 'quarantined:%' THEN 'conversation_quarantined'
          WHEN cf.problem IS NOT NULL THEN 'conversation_excluded'
          WHEN m.role NOT IN ('user', 'assistant', 'system', 'tool', 'bot') THEN 'unknown_role'
+         WHEN j.implausible_ts THEN 'implausible_timestamp'
          ELSE 'ok' END AS _reason,
     array_remove(ARRAY[
         CASE WHEN m.role = 'bot' THEN 'role_bot_to_assistant' END,
@@ -29,15 +34,30 @@ SELECT
              THEN 'metadata_kept_as_legacy_raw' END
     ], NULL) AS _repairs,
     NULL::text AS _maps_to,
-    greatest(m.created_at, cf.change_ts) AS _change_ts,
+    greatest(CASE WHEN NOT j.implausible_ts THEN m.created_at END, cf.change_ts) AS _change_ts,
     CASE WHEN cf.id IS NULL OR cf.problem IS NOT NULL
-              OR m.role NOT IN ('user', 'assistant', 'system', 'tool', 'bot')
+              OR m.role NOT IN ('user', 'assistant', 'system', 'tool', 'bot') OR j.implausible_ts
          THEN to_jsonb(m) END AS _source
 FROM {src_messages} m
+CROSS JOIN clock k
 -- Parse the JSON once per row (OFFSET 0 keeps the planner from inlining it
--- into every expression that uses it).
+-- into every expression that uses it). Its depth is measured first, without
+-- parsing: PostgreSQL's JSON parser recurses, and past its stack limit
+-- (~10^5 levels) it fails the whole query, not the row. Only a text with
+-- more than 100 opening brackets is scanned (string literals removed, then
+-- the running bracket count). Braces are doubled for psycopg's sql.SQL.format.
 CROSS JOIN LATERAL (
-    SELECT CASE WHEN pg_input_is_valid(m.metadata, 'jsonb') THEN m.metadata::jsonb END AS parsed OFFSET 0
+    SELECT CASE WHEN CASE WHEN octet_length(m.metadata) > 200
+                               AND length(m.metadata) - length(translate(m.metadata, '[{{', '')) > 100
+                          THEN (SELECT max(depth) > 100 FROM (
+                            SELECT sum(CASE WHEN b IN ('[', '{{') THEN 1 ELSE -1 END) OVER (ORDER BY n) AS depth
+                            FROM string_to_table(regexp_replace(regexp_replace(
+                                     m.metadata, '"(?:[^"\\]|\\.)*"', '', 'g'), '[^][{{}}]', '', 'g'), NULL)
+                                 WITH ORDINALITY AS t (b, n)) d) END
+                THEN NULL
+                WHEN pg_input_is_valid(m.metadata, 'jsonb') THEN m.metadata::jsonb END AS parsed,
+           m.created_at < k.earliest OR m.created_at > k.latest AS implausible_ts
+    OFFSET 0
 ) j
 LEFT JOIN conversation_fate cf ON cf.id = m.conversation_id
 WHERE {scope}

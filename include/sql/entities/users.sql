@@ -3,7 +3,8 @@
 -- email quarantined; name = trimmed display name, else the email's local
 -- part; updated_at = updated_at, or created_at when null or earlier; naive
 -- timestamps are UTC; soft-deleted users excluded; duplicate emails merged
--- into the most recently updated account.
+-- into the most recently updated account; created_at before 1970 or
+-- created_at / updated_at more than a day ahead quarantined (_fates.sql).
 WITH {fates}
 SELECT
     f.id,
@@ -14,7 +15,7 @@ SELECT
     f.effective_updated_at AT TIME ZONE 'UTC' AS updated_at,
     f.password_hash,
     CASE WHEN f.problem = 'soft_deleted' THEN 'excluded'
-         WHEN f.problem = 'invalid_email' THEN 'quarantined'
+         WHEN f.problem IS NOT NULL THEN 'quarantined'
          WHEN f.survivor_id <> f.id THEN 'excluded'
          ELSE 'loaded' END AS _disposition,
     CASE WHEN f.problem IS NOT NULL THEN f.problem
