@@ -133,13 +133,6 @@ def terminate_backends(dsn: str, application_name: str) -> int:
     return sum(1 for (ok,) in rows if ok)
 
 
-def sessions(dsn: str, application_name: str) -> list[tuple[int, str]]:
-    """(pid, state) of the sessions of ``application_name``."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute("SELECT pid, state FROM pg_stat_activity WHERE application_name = %s "
-                            "AND datname = current_database() ORDER BY backend_start", (application_name,)).fetchall()
-
-
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS) -> Any:
     deadline = time.monotonic() + timeout
     while True:

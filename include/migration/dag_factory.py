@@ -111,8 +111,12 @@ def entity_dag(name: str, doc: str | None) -> Any:
             context = get_current_context()
             mode = resolve_mode(context)
             options = {key: context["params"][key] for key in extra}
-            return pipeline.extract(pipeline.Conns.from_airflow(), name, context["run_id"], mode=mode,
-                                    dry_run=resolve_dry_run(context), options=options or None)
+            try:
+                return pipeline.extract(pipeline.Conns.from_airflow(), name, context["run_id"], mode=mode,
+                                        dry_run=resolve_dry_run(context), options=options or None)
+            except pipeline.SchemaMismatch as exc:
+                _fail(exc)
+                raise
 
         @task
         def transform(extracted: dict) -> dict:
@@ -132,7 +136,7 @@ def entity_dag(name: str, doc: str | None) -> Any:
                                      batch_size=int(params["batch_size"]), gate=gate,
                                      quarantine_threshold_pct=float(params["quarantine_threshold_pct"]))
             except (SchemaGateClosed, pipeline.AccountingMismatch, pipeline.QuarantineThresholdExceeded,
-                    pipeline.LockdownBroken) as exc:
+                    pipeline.LockdownBroken, pipeline.StaleStage) as exc:
                 _fail(exc)
                 raise
 

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -118,6 +118,9 @@ class ExtractResult:
     bytes: int
     seconds: float
     source_rows: int | None
+    # When the legacy snapshot was taken (the legacy server's clock): a stage
+    # older than one another run already loaded must not be loaded after it.
+    snapshot_at: datetime | None = None
 
 
 def extract(legacy_dsn: str, dest_dsn: str, entity: Entity, run_id: str, scope: Scope,
@@ -129,6 +132,8 @@ def extract(legacy_dsn: str, dest_dsn: str, entity: Entity, run_id: str, scope: 
             db.connection(dest_dsn, application="migration-extract") as dst:
         src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         src.read_only = True
+        # The first statement of the transaction takes its snapshot.
+        snapshot_at = src.execute("SELECT now()").fetchone()[0]
         create_stage(dst, entity, table)
         query = transform_query(entity, scope)
         columns = sql.SQL(", ").join(sql.Identifier(c) for c, _ in entity.stage_columns)
@@ -162,4 +167,4 @@ def extract(legacy_dsn: str, dest_dsn: str, entity: Entity, run_id: str, scope: 
         src.commit()
         dst.commit()
     seconds = time.perf_counter() - started
-    return ExtractResult(table, rows, copied, seconds, source_rows)
+    return ExtractResult(table, rows, copied, seconds, source_rows, snapshot_at)

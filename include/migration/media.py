@@ -79,7 +79,13 @@ DEFAULT_FILE_SIZE_LIMIT_MB = 50
 # What a chatbot's users attach. No text/html or SVG: served back from
 # Storage they could carry scripts. Anything else is quarantined, not guessed.
 DEFAULT_ALLOWED_MIME_TYPES = (
-    "image/*", "application/pdf", "audio/*", "video/*", "text/plain", "text/markdown", "text/csv",
+    "image/*",
+    "application/pdf",
+    "audio/*",
+    "video/*",
+    "text/plain",
+    "text/markdown",
+    "text/csv",
 )
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RETRIES = 4
@@ -105,8 +111,12 @@ UPLOAD_PROBLEMS = {
     "failed": "upload_failed",
 }
 _MIME_ALIASES = {
-    "image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "audio/mp3": "audio/mpeg",
-    "audio/x-wav": "audio/wav", "audio/wave": "audio/wav", "audio/x-m4a": "audio/mp4",
+    "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg",
+    "audio/mp3": "audio/mpeg",
+    "audio/x-wav": "audio/wav",
+    "audio/wave": "audio/wav",
+    "audio/x-m4a": "audio/mp4",
 }
 _GENERIC_MIME = {"", "application/octet-stream", "binary/octet-stream"}
 
@@ -158,32 +168,77 @@ def dag_params() -> dict[str, Any]:
     from airflow.sdk import Param
 
     return {
-        "media_file_size_limit_mb": Param(DEFAULT_FILE_SIZE_LIMIT_MB, type="number", minimum=0.001, description=(
-            "The media bucket's file size limit, in MiB. A file above it is quarantined (file_too_large). The "
-            "bucket is created with it; an existing bucket with another limit stops the load (see "
-            "media_update_bucket_settings).")),
-        "media_allowed_mime_types": Param(list(DEFAULT_ALLOWED_MIME_TYPES), type="array", description=(
-            "MIME types the bucket accepts ('type/*' allowed). A file of another type is quarantined "
-            "(mime_type_not_allowed).")),
-        "media_upload_concurrency": Param(DEFAULT_CONCURRENCY, type="integer", minimum=1, maximum=64,
-                                          description="Files read, uploaded and verified at the same time."),
-        "media_upload_retries": Param(DEFAULT_RETRIES, type="integer", minimum=0, maximum=10, description=(
-            "Extra attempts per Storage request after a 5xx, 429, timeout or connection error (exponential "
-            "backoff). Other refusals are final.")),
-        "media_upload_backoff_seconds": Param(DEFAULT_BACKOFF_SECONDS, type="number", minimum=0, maximum=60,
-                                              description="First wait before a retry; doubles each time."),
-        "media_max_failed_uploads_pct": Param(DEFAULT_MAX_FAILED_PCT, type="number", minimum=0, maximum=100,
-                                              description=(
-            "When more than this percentage of the uploads fail, Storage is treated as down: the load stops "
-            "before any row changes (uploads that landed are kept and skipped on the retry). Below it, failed "
-            "files are quarantined (upload_failed) and retried by the next run.")),
-        "media_update_bucket_settings": Param(False, type="boolean", description=(
-            "Change an existing bucket's size limit and MIME types to the ones above. Off: a bucket with other "
-            "settings stops the load and the log lists the differences.")),
-        "media_verify_all_objects": Param(False, type="boolean", description=(
-            f"Reconcile by downloading and hashing every object in the bucket, not a sample of "
-            f"{RECONCILE_SAMPLE} (every object's size is always compared; every upload was verified when it "
-            "landed).")),
+        "media_file_size_limit_mb": Param(
+            DEFAULT_FILE_SIZE_LIMIT_MB,
+            type="number",
+            minimum=0.001,
+            description=(
+                "The media bucket's file size limit, in MiB. A file above it is quarantined "
+                "(file_too_large). The bucket is created with it; an existing bucket with another "
+                "limit stops the load (see media_update_bucket_settings)."
+            ),
+        ),
+        "media_allowed_mime_types": Param(
+            list(DEFAULT_ALLOWED_MIME_TYPES),
+            type="array",
+            description=(
+                "MIME types the bucket accepts ('type/*' allowed). A file of another type is "
+                "quarantined (mime_type_not_allowed)."
+            ),
+        ),
+        "media_upload_concurrency": Param(
+            DEFAULT_CONCURRENCY,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            description="Files read, uploaded and verified at the same time.",
+        ),
+        "media_upload_retries": Param(
+            DEFAULT_RETRIES,
+            type="integer",
+            minimum=0,
+            maximum=10,
+            description=(
+                "Extra attempts per Storage request after a 5xx, 429, timeout or connection error "
+                "(exponential backoff). Other refusals are final."
+            ),
+        ),
+        "media_upload_backoff_seconds": Param(
+            DEFAULT_BACKOFF_SECONDS,
+            type="number",
+            minimum=0,
+            maximum=60,
+            description="First wait before a retry; doubles each time.",
+        ),
+        "media_max_failed_uploads_pct": Param(
+            DEFAULT_MAX_FAILED_PCT,
+            type="number",
+            minimum=0,
+            maximum=100,
+            description=(
+                "When more than this percentage of the uploads fail, Storage is treated as down: the "
+                "load stops before any row changes (uploads that landed are kept and skipped on the "
+                "retry). Below it, failed files are quarantined (upload_failed) and retried by the "
+                "next run."
+            ),
+        ),
+        "media_update_bucket_settings": Param(
+            False,
+            type="boolean",
+            description=(
+                "Change an existing bucket's size limit and MIME types to the ones above. Off: a "
+                "bucket with other settings stops the load and the log lists the differences."
+            ),
+        ),
+        "media_verify_all_objects": Param(
+            False,
+            type="boolean",
+            description=(
+                "Reconcile by downloading and hashing every object in the bucket, not a sample of "
+                f"{RECONCILE_SAMPLE} (every object's size is always compared; every upload was "
+                "verified when it landed)."
+            ),
+        ),
     }
 
 
@@ -205,8 +260,9 @@ def storage_client() -> Any:
 
     conn = BaseHook.get_connection(STORAGE_CONN_ID)
     if not conn.host or not conn.password:
-        raise MediaSetupError(f"connection {STORAGE_CONN_ID} needs host = the project URL and password = the "
-                              "service-role key")
+        raise MediaSetupError(
+            f"connection {STORAGE_CONN_ID} needs host = the project URL and password = the service-role key"
+        )
     mask_secret(conn.password)
     from supabase import create_client
 
@@ -224,10 +280,14 @@ def media_source() -> LocalMediaSource:
     conn = BaseHook.get_connection(MEDIA_CONN_ID)
     root = (conn.extra_dejson or {}).get("path")
     if not root:
-        raise MediaSetupError(f'connection {MEDIA_CONN_ID} has no extra {{"path": ...}} (the legacy media root)')
+        raise MediaSetupError(
+            f'connection {MEDIA_CONN_ID} has no extra {{"path": ...}} (the legacy media root)'
+        )
     if not Path(root).is_dir():
-        raise MediaSetupError(f"the legacy media root {root} (connection {MEDIA_CONN_ID}) is not a folder this "
-                              "worker can read; is the volume mounted?")
+        raise MediaSetupError(
+            f"the legacy media root {root} (connection {MEDIA_CONN_ID}) is not a folder this "
+            "worker can read; is the volume mounted?"
+        )
     return LocalMediaSource(root)
 
 
@@ -258,8 +318,16 @@ class FileCheck:
     repairs: tuple[str, ...] = ()
 
     def row(self) -> tuple:
-        return (self.id, self.reason, self.detail, self.object_path, self.mime_type, self.size, self.sha256,
-                list(self.repairs))
+        return (
+            self.id,
+            self.reason,
+            self.detail,
+            self.object_path,
+            self.mime_type,
+            self.size,
+            self.sha256,
+            list(self.repairs),
+        )
 
 
 def read_file(source: Any, key: str) -> tuple[int, str, bytes] | None:
@@ -314,32 +382,53 @@ def check_file(source: Any, settings: MediaSettings, row: Sequence[Any]) -> File
     return _admit(settings, media_id, owner_id, file_name, mime, size, digest, tuple(repairs))
 
 
-def _integrity(media_id: str, key: str, size: int, digest: str, legacy_size: int | None,
-               legacy_sha: str | None) -> FileCheck | list[str]:
+def _integrity(
+    media_id: str, key: str, size: int, digest: str, legacy_size: int | None, legacy_sha: str | None
+) -> FileCheck | list[str]:
     """The file against what the legacy row recorded: a quarantine, or the repairs it needs."""
     recorded = (legacy_sha or "").strip().lower()
     if recorded and recorded != digest:
-        return FileCheck(media_id, "sha256_mismatch",
-                         f"the row records sha256 {recorded}, the file {key!r} ({size} bytes) has {digest}")
+        return FileCheck(
+            media_id,
+            "sha256_mismatch",
+            f"the row records sha256 {recorded}, the file {key!r} ({size} bytes) has {digest}",
+        )
     if recorded:
         return [] if legacy_size == size else ["size_bytes_from_file"]
     if legacy_size is not None and legacy_size != size:
-        return FileCheck(media_id, "size_mismatch",
-                         f"the row records {legacy_size} bytes and no sha256; the file {key!r} has {size} bytes")
+        return FileCheck(
+            media_id,
+            "size_mismatch",
+            f"the row records {legacy_size} bytes and no sha256; the file {key!r} has {size} bytes",
+        )
     return ["sha256_from_file"]
 
 
-def _admit(settings: MediaSettings, media_id: str, owner_id: str, file_name: str, mime: str, size: int,
-           digest: str, repairs: tuple[str, ...]) -> FileCheck:
+def _admit(
+    settings: MediaSettings,
+    media_id: str,
+    owner_id: str,
+    file_name: str,
+    mime: str,
+    size: int,
+    digest: str,
+    repairs: tuple[str, ...],
+) -> FileCheck:
     """The bucket's rules (size, MIME type) and the object's name."""
     from include.migration.media_files import mime_allowed, object_path
 
     if size > settings.file_size_limit:
-        return FileCheck(media_id, "file_too_large",
-                         f"{size} bytes, over the bucket's limit of {settings.file_size_limit} bytes")
+        return FileCheck(
+            media_id,
+            "file_too_large",
+            f"{size} bytes, over the bucket's limit of {settings.file_size_limit} bytes",
+        )
     if not mime_allowed(mime, settings.allowed_mime_types):
-        return FileCheck(media_id, "mime_type_not_allowed",
-                         f"{mime} is not among the bucket's types ({', '.join(settings.allowed_mime_types)})")
+        return FileCheck(
+            media_id,
+            "mime_type_not_allowed",
+            f"{mime} is not among the bucket's types ({', '.join(settings.allowed_mime_types)})",
+        )
     try:
         path = object_path(owner_id, media_id, file_name)
     except ValueError as err:
@@ -360,53 +449,87 @@ def on_transform(conns: Conns, dest: psycopg.Connection, entity: Entity, run: ru
     """Check the file of every loadable staged row (not yet checked) and write the verdicts back."""
     settings = MediaSettings.from_options(run.report.get("options"))
     stage = _stage(run)
-    todo, legacy_bytes = dest.execute(sql.SQL(
-        "SELECT count(*), coalesce(sum(size_bytes), 0)::bigint FROM {} WHERE _disposition = 'loaded' "
-        "AND object_path IS NULL").format(stage)).fetchone()
+    todo, legacy_bytes = dest.execute(
+        sql.SQL(
+            "SELECT count(*), coalesce(sum(size_bytes), 0)::bigint FROM {} WHERE _disposition = 'loaded' "
+            "AND object_path IS NULL"
+        ).format(stage)
+    ).fetchone()
     if not todo:
         log.info("media: no staged file to check")
         return
     source = media_source()
-    log.info("media: checking %s files (%.1f MB by the legacy rows) under %s, %d at a time", f"{todo:,}",
-             legacy_bytes / 1e6, source.root, settings.concurrency)
-    dest.execute("CREATE TEMP TABLE media_file_checks (id uuid, reason text, detail text, object_path text, "
-                 "mime_type text, size_bytes bigint, sha256 text, repairs text[]) ON COMMIT DROP")
+    log.info(
+        "media: checking %s files (%.1f MB by the legacy rows) under %s, %d at a time",
+        f"{todo:,}",
+        legacy_bytes / 1e6,
+        source.root,
+        settings.concurrency,
+    )
+    dest.execute(
+        "CREATE TEMP TABLE media_file_checks (id uuid, reason text, detail text, object_path text, "
+        "mime_type text, size_bytes bigint, sha256 text, repairs text[]) ON COMMIT DROP"
+    )
     tally, read_bytes, started = _check_all(conns, dest, stage, source, settings, todo)
-    dest.execute(sql.SQL(
-        "UPDATE {stage} s SET "
-        "_disposition = CASE WHEN c.reason IS NULL THEN s._disposition ELSE 'quarantined' END, "
-        "_reason = coalesce(c.reason, s._reason), "
-        "_source = CASE WHEN c.reason IS NULL THEN s._source ELSE "
-        "  coalesce(s._source, to_jsonb(s) - '_source') || jsonb_build_object('file_problem', c.detail) END, "
-        "bucket = CASE WHEN c.reason IS NULL THEN {bucket} END, object_path = c.object_path, "
-        "mime_type = coalesce(c.mime_type, s.mime_type), size_bytes = coalesce(c.size_bytes, s.size_bytes), "
-        "sha256 = coalesce(c.sha256, s.sha256), _repairs = s._repairs || c.repairs "
-        "FROM media_file_checks c WHERE s.id = c.id"
-    ).format(stage=stage, bucket=sql.Literal(settings.bucket)))
+    dest.execute(
+        sql.SQL(
+            "UPDATE {stage} s SET "
+            "_disposition = CASE WHEN c.reason IS NULL THEN s._disposition ELSE 'quarantined' END, "
+            "_reason = coalesce(c.reason, s._reason), "
+            "_source = CASE WHEN c.reason IS NULL THEN s._source "
+            "  ELSE coalesce(s._source, to_jsonb(s) - '_source') "
+            "       || jsonb_build_object('file_problem', c.detail) END, "
+            "bucket = CASE WHEN c.reason IS NULL THEN {bucket} END, object_path = c.object_path, "
+            "mime_type = coalesce(c.mime_type, s.mime_type), "
+            "size_bytes = coalesce(c.size_bytes, s.size_bytes), "
+            "sha256 = coalesce(c.sha256, s.sha256), _repairs = s._repairs || c.repairs "
+            "FROM media_file_checks c WHERE s.id = c.id"
+        ).format(stage=stage, bucket=sql.Literal(settings.bucket))
+    )
     seconds = time.perf_counter() - started
     summary = {"files": todo, "bytes": read_bytes, "seconds": round(seconds, 3), "outcomes": dict(tally)}
     runs.update(dest, run.run_id, report={"files_checked": summary})
     dest.commit()
     problems = ", ".join(f"{k} {n:,}" for k, n in sorted(tally.items()) if k != "loadable") or "none"
-    log.info("media: checked %s files, %.1f MB read in %.2f s (%s): %s loadable; quarantined: %s", f"{todo:,}",
-             read_bytes / 1e6, seconds, _rate(read_bytes, seconds), f"{tally['loadable']:,}", problems)
+    log.info(
+        "media: checked %s files, %.1f MB read in %.2f s (%s): %s loadable; quarantined: %s",
+        f"{todo:,}",
+        read_bytes / 1e6,
+        seconds,
+        _rate(read_bytes, seconds),
+        f"{tally['loadable']:,}",
+        problems,
+    )
 
 
-def _check_all(conns: Conns, dest: psycopg.Connection, stage: sql.Identifier, source: Any,
-               settings: MediaSettings, todo: int) -> tuple[Counter[str], int, float]:
+def _check_all(
+    conns: Conns,
+    dest: psycopg.Connection,
+    stage: sql.Identifier,
+    source: Any,
+    settings: MediaSettings,
+    todo: int,
+) -> tuple[Counter[str], int, float]:
     """Read the rows to check in batches, check their files in a pool, COPY the verdicts."""
     tally: Counter[str] = Counter()
     read_bytes, started, last = 0, time.perf_counter(), time.perf_counter()
     check = partial(check_file, source, settings)
-    with db.connection(conns.dest, application="migration-media-files") as reader, \
-            reader.cursor(name="media_files_to_check") as cur, \
-            ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="media-check") as pool, \
-            dest.cursor() as wcur, \
-            wcur.copy("COPY media_file_checks (id, reason, detail, object_path, mime_type, size_bytes, sha256, "
-                      "repairs) FROM STDIN") as copy:
-        cur.execute(sql.SQL(
-            "SELECT id::text, owner_id::text, file_name, storage_key, mime_type, size_bytes, sha256 FROM {} "
-            "WHERE _disposition = 'loaded' AND object_path IS NULL ORDER BY id").format(stage))
+    with (
+        db.connection(conns.dest, application="migration-media-files") as reader,
+        reader.cursor(name="media_files_to_check") as cur,
+        ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="media-check") as pool,
+        dest.cursor() as wcur,
+        wcur.copy(
+            "COPY media_file_checks "
+            "(id, reason, detail, object_path, mime_type, size_bytes, sha256, repairs) FROM STDIN"
+        ) as copy,
+    ):
+        cur.execute(
+            sql.SQL(
+                "SELECT id::text, owner_id::text, file_name, storage_key, mime_type, size_bytes, sha256 "
+                "FROM {} WHERE _disposition = 'loaded' AND object_path IS NULL ORDER BY id"
+            ).format(stage)
+        )
         while rows := cur.fetchmany(CHECK_BATCH):
             for verdict in pool.map(check, rows):
                 copy.write_row(verdict.row())
@@ -415,8 +538,13 @@ def _check_all(conns: Conns, dest: psycopg.Connection, stage: sql.Identifier, so
             if time.perf_counter() - last >= PROGRESS_SECONDS:
                 last = time.perf_counter()
                 done = sum(tally.values())
-                log.info("media: checked %s of %s files, %.1f MB, %s", f"{done:,}", f"{todo:,}", read_bytes / 1e6,
-                         _rate(read_bytes, last - started))
+                log.info(
+                    "media: checked %s of %s files, %.1f MB, %s",
+                    f"{done:,}",
+                    f"{todo:,}",
+                    read_bytes / 1e6,
+                    _rate(read_bytes, last - started),
+                )
     return tally, read_bytes, started
 
 
@@ -447,9 +575,11 @@ class UploadTally:
     def line(self) -> str:
         seconds = time.perf_counter() - self.started
         kinds = ", ".join(f"{k.replace('_', ' ')} {n:,}" for k, n in sorted(self.outcomes.items()))
-        return (f"{self.done:,} of {self.files:,} files ({self.total_bytes / 1e6:.1f} MB in all); "
-                f"{self.sent_bytes / 1e6:.1f} MB sent in {seconds:.1f} s ({_rate(self.sent_bytes, seconds)}); "
-                f"{kinds or 'nothing yet'}; {self.requests:,} upload requests")
+        return (
+            f"{self.done:,} of {self.files:,} files ({self.total_bytes / 1e6:.1f} MB in all); "
+            f"{self.sent_bytes / 1e6:.1f} MB sent in {seconds:.1f} s ({_rate(self.sent_bytes, seconds)}); "
+            f"{kinds or 'nothing yet'}; {self.requests:,} upload requests"
+        )
 
     def progress(self) -> None:
         if time.perf_counter() - self.last_log >= PROGRESS_SECONDS:
@@ -457,9 +587,14 @@ class UploadTally:
             log.info("media: uploading: %s", self.line())
 
     def as_dict(self) -> dict[str, Any]:
-        return {"files": self.files, "bytes": self.total_bytes, "sent_bytes": self.sent_bytes,
-                "requests": self.requests, "seconds": round(time.perf_counter() - self.started, 3),
-                "outcomes": dict(self.outcomes)}
+        return {
+            "files": self.files,
+            "bytes": self.total_bytes,
+            "sent_bytes": self.sent_bytes,
+            "requests": self.requests,
+            "seconds": round(time.perf_counter() - self.started, 3),
+            "outcomes": dict(self.outcomes),
+        }
 
 
 class UploadRecorder:
@@ -471,8 +606,10 @@ class UploadRecorder:
         self.records: list[tuple] = []
         self.problems: list[tuple] = []
         self.failures: list[str] = []
-        dest.execute("CREATE TEMP TABLE IF NOT EXISTS media_upload_problems "
-                     "(object_path text, reason text, detail text)")
+        dest.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS media_upload_problems "
+            "(object_path text, reason text, detail text)"
+        )
         dest.execute("TRUNCATE media_upload_problems")
         dest.commit()
 
@@ -488,8 +625,9 @@ class UploadRecorder:
     def flush(self) -> None:
         with self.dest.cursor() as cur:
             if self.records:
-                with cur.copy("COPY migration.media_uploads (run_id, object_path, outcome, detail, bytes) "
-                              "FROM STDIN") as copy:
+                with cur.copy(
+                    "COPY migration.media_uploads (run_id, object_path, outcome, detail, bytes) FROM STDIN"
+                ) as copy:
                     for record in self.records:
                         copy.write_row(record)
             if self.problems:
@@ -500,7 +638,9 @@ class UploadRecorder:
         self.records, self.problems = [], []
 
 
-def _verify_upload(client: Any, bucket: str, item: UploadItem, result: UploadResult) -> tuple[str, str, str | None]:
+def _verify_upload(
+    client: Any, bucket: str, item: UploadItem, result: UploadResult
+) -> tuple[str, str, str | None]:
     """Download a new object back and compare it with the source: (outcome, detail, problem)."""
     from include.migration.media_files import remove_objects, verify_object
 
@@ -519,9 +659,16 @@ def _verify_upload(client: Any, bucket: str, item: UploadItem, result: UploadRes
     try:
         remove_objects(client, bucket, [item.object_path])
     except Exception as err:
-        return "uploaded", f"{result.detail}; verification failed ({reason}); removal failed ({err})", \
-            "upload_failed"
-    return "failed", f"{result.detail}; verification failed ({reason}); the object was removed", "upload_failed"
+        return (
+            "uploaded",
+            f"{result.detail}; verification failed ({reason}); removal failed ({err})",
+            "upload_failed",
+        )
+    return (
+        "failed",
+        f"{result.detail}; verification failed ({reason}); the object was removed",
+        "upload_failed",
+    )
 
 
 def _detail(result: UploadResult) -> str:
@@ -534,23 +681,43 @@ def before_merge(conns: Conns, dest: psycopg.Connection, entity: Entity, run: ru
 
     settings = MediaSettings.from_options(run.report.get("options"))
     stage = _stage(run)
-    files, total, unchecked = dest.execute(sql.SQL(
-        "SELECT count(*), coalesce(sum(size_bytes), 0)::bigint, count(*) FILTER (WHERE object_path IS NULL) "
-        "FROM {} WHERE _disposition = 'loaded'").format(stage)).fetchone()
+    files, total, unchecked = dest.execute(
+        sql.SQL(
+            "SELECT count(*), coalesce(sum(size_bytes), 0)::bigint, "
+            "count(*) FILTER (WHERE object_path IS NULL) FROM {} WHERE _disposition = 'loaded'"
+        ).format(stage)
+    ).fetchone()
     if unchecked:
-        raise RuntimeError(f"media: {unchecked} loadable staged rows were never checked against their files; "
-                           "clear this DAG run from its transform task")
+        raise RuntimeError(
+            f"media: {unchecked} loadable staged rows were never checked against their files; "
+            "clear this DAG run from its transform task"
+        )
     if not files:
         log.info("media: no file to upload")
         return
     client, source = storage_client(), media_source()
-    state = ensure_bucket(client, settings.bucket, file_size_limit=settings.file_size_limit,
-                          allowed_mime_types=list(settings.allowed_mime_types),
-                          fix=settings.update_bucket_settings)
-    log.info("media: bucket %r %s (private, limit %d bytes, types %s)", settings.bucket, state,
-             settings.file_size_limit, ", ".join(settings.allowed_mime_types))
-    log.info("media: uploading %s files (%.1f MB) to bucket %r, %d at a time, %d retries per request",
-             f"{files:,}", total / 1e6, settings.bucket, settings.concurrency, settings.retries)
+    state = ensure_bucket(
+        client,
+        settings.bucket,
+        file_size_limit=settings.file_size_limit,
+        allowed_mime_types=list(settings.allowed_mime_types),
+        fix=settings.update_bucket_settings,
+    )
+    log.info(
+        "media: bucket %r %s (private, limit %d bytes, types %s)",
+        settings.bucket,
+        state,
+        settings.file_size_limit,
+        ", ".join(settings.allowed_mime_types),
+    )
+    log.info(
+        "media: uploading %s files (%.1f MB) to bucket %r, %d at a time, %d retries per request",
+        f"{files:,}",
+        total / 1e6,
+        settings.bucket,
+        settings.concurrency,
+        settings.retries,
+    )
     tally = UploadTally(files, total)
     recorder = UploadRecorder(dest, run.run_id)
     _upload_all(conns, stage, client, source, settings, tally, recorder)
@@ -559,34 +726,53 @@ def before_merge(conns: Conns, dest: psycopg.Connection, entity: Entity, run: ru
     dest.commit()
     log.info("media: uploads done: %s", tally.line())
     failed = _stop_if_storage_failing(dest, files, settings, recorder)
-    quarantined = dest.execute(sql.SQL(
-        "UPDATE {stage} s SET _disposition = 'quarantined', _reason = p.reason, "
-        "_source = coalesce(s._source, to_jsonb(s) - '_source') || jsonb_build_object('upload_problem', p.detail) "
-        "FROM media_upload_problems p WHERE p.object_path = s.object_path AND s._disposition = 'loaded'"
-    ).format(stage=stage)).rowcount
+    quarantined = dest.execute(
+        sql.SQL(
+            "UPDATE {stage} s SET _disposition = 'quarantined', _reason = p.reason, "
+            "_source = coalesce(s._source, to_jsonb(s) - '_source') "
+            "  || jsonb_build_object('upload_problem', p.detail) "
+            "FROM media_upload_problems p WHERE p.object_path = s.object_path AND s._disposition = 'loaded'"
+        ).format(stage=stage)
+    ).rowcount
     dest.execute("DROP TABLE media_upload_problems")
     dest.commit()
     if quarantined:
-        log.warning("media: %d rows quarantined because their file did not land in Storage (%d failed); see "
-                    "migration.quarantine and migration.media_uploads for run %s", quarantined, failed, run.run_id)
+        log.warning(
+            "media: %d rows quarantined because their file did not land in Storage (%d failed); see "
+            "migration.quarantine and migration.media_uploads for run %s",
+            quarantined,
+            failed,
+            run.run_id,
+        )
 
 
-def _stop_if_storage_failing(dest: psycopg.Connection, files: int, settings: MediaSettings,
-                             recorder: UploadRecorder) -> int:
+def _stop_if_storage_failing(
+    dest: psycopg.Connection, files: int, settings: MediaSettings, recorder: UploadRecorder
+) -> int:
     """Raise when so many uploads failed that Storage looks down; else the number that failed."""
-    failed = dest.execute("SELECT count(*) FROM media_upload_problems WHERE reason = 'upload_failed'").fetchone()[0]
+    failed = dest.execute(
+        "SELECT count(*) FROM media_upload_problems WHERE reason = 'upload_failed'"
+    ).fetchone()[0]
     pct = 100.0 * failed / files
     if failed and pct > settings.max_failed_pct:
         raise UploadsFailing(
             f"media: {failed} of {files} uploads failed ({pct:.1f}%, above media_max_failed_uploads_pct "
-            f"{settings.max_failed_pct}%), so Storage looks unhealthy; no row was changed. Uploads that landed "
-            f"are recorded in migration.media_uploads and are skipped (identical) on the retry. First failures: "
-            + "; ".join(recorder.failures))
+            f"{settings.max_failed_pct}%), so Storage looks unhealthy; no row was changed. "
+            "Uploads that landed are recorded in migration.media_uploads and are skipped (identical) "
+            "on the retry. First failures: " + "; ".join(recorder.failures)
+        )
     return failed
 
 
-def _upload_all(conns: Conns, stage: sql.Identifier, client: Any, source: Any, settings: MediaSettings,
-                tally: UploadTally, recorder: UploadRecorder) -> None:
+def _upload_all(
+    conns: Conns,
+    stage: sql.Identifier,
+    client: Any,
+    source: Any,
+    settings: MediaSettings,
+    tally: UploadTally,
+    recorder: UploadRecorder,
+) -> None:
     """Stream the loadable rows into the uploader; verify new objects in a second pool as they land."""
     from include.migration.media_files import StorageUploader
 
@@ -602,20 +788,36 @@ def _upload_all(conns: Conns, stage: sql.Identifier, client: Any, source: Any, s
             recorder.add(item.object_path, outcome, detail, item.size, problem)
             tally.add(outcome, item.size, result.attempts)
 
-    with db.connection(conns.dest, application="migration-media-upload") as reader, \
-            reader.cursor(name="media_files_to_upload") as cur, \
-            StorageUploader(client, settings.bucket, concurrency=settings.concurrency, retries=settings.retries,
-                            backoff=settings.backoff) as uploader, \
-            ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="media-verify") as verifier:
-        cur.execute(sql.SQL("SELECT object_path, mime_type, size_bytes, sha256, storage_key FROM {} "
-                            "WHERE _disposition = 'loaded' ORDER BY id").format(stage))
+    with (
+        db.connection(conns.dest, application="migration-media-upload") as reader,
+        reader.cursor(name="media_files_to_upload") as cur,
+        StorageUploader(
+            client,
+            settings.bucket,
+            concurrency=settings.concurrency,
+            retries=settings.retries,
+            backoff=settings.backoff,
+        ) as uploader,
+        ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="media-verify") as verifier,
+    ):
+        cur.execute(
+            sql.SQL(
+                "SELECT object_path, mime_type, size_bytes, sha256, storage_key FROM {} "
+                "WHERE _disposition = 'loaded' ORDER BY id"
+            ).format(stage)
+        )
         for result in uploader.upload_many(_items(cur, source, inflight)):
             item = inflight.pop(result.object_path)
             if result.outcome == "uploaded":
                 verifying.add(verifier.submit(verified, item, result))
             else:
-                recorder.add(item.object_path, result.outcome, _detail(result), item.size,
-                             UPLOAD_PROBLEMS.get(result.outcome))
+                recorder.add(
+                    item.object_path,
+                    result.outcome,
+                    _detail(result),
+                    item.size,
+                    UPLOAD_PROBLEMS.get(result.outcome),
+                )
                 tally.add(result.outcome, item.size, result.attempts)
             finished = {f for f in verifying if f.done()}
             record(finished)
@@ -643,21 +845,35 @@ def after_merge(conns: Conns, dest: psycopg.Connection, entity: Entity, run: run
     from include.migration.pipeline import AccountingMismatch
 
     stage = _stage(run)
-    loaded, unverified = dest.execute(sql.SQL(
-        "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM migration.media_uploads u "
-        "  WHERE u.run_id = %s AND u.object_path = s.object_path AND u.outcome IN ('uploaded', 'skipped_identical') "
-        "  AND coalesce(u.detail, '') NOT LIKE '%%NOT VERIFIED%%')) "
-        "FROM {} s WHERE s._disposition = 'loaded'").format(stage), (run.run_id,)).fetchone()
+    loaded, unverified = dest.execute(
+        sql.SQL(
+            "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS ("
+            "  SELECT 1 FROM migration.media_uploads u WHERE u.run_id = %s "
+            "  AND u.object_path = s.object_path AND u.outcome IN ('uploaded', 'skipped_identical') "
+            "  AND coalesce(u.detail, '') NOT LIKE '%%NOT VERIFIED%%')) "
+            "FROM {} s WHERE s._disposition = 'loaded'"
+        ).format(stage),
+        (run.run_id,),
+    ).fetchone()
     if unverified:
         raise AccountingMismatch(
-            f"media: {unverified} of {loaded} loaded rows have no object this run uploaded and verified or found "
-            "identical in Storage (migration.media_uploads); rerun the DAG run from its load task")
-    outcomes = dict(dest.execute(
-        "SELECT outcome, count(DISTINCT object_path) FROM migration.media_uploads WHERE run_id = %s GROUP BY 1",
-        (run.run_id,)).fetchall())
-    log.info("media: files accounted: %s loaded rows, each with an object verified by size and sha256 "
-             "(this run: %s uploaded, %s already in Storage and identical)", f"{loaded:,}",
-             f"{outcomes.get('uploaded', 0):,}", f"{outcomes.get('skipped_identical', 0):,}")
+            f"media: {unverified} of {loaded} loaded rows have no object this run uploaded and verified "
+            "or found identical in Storage (migration.media_uploads); rerun the DAG run from its load task"
+        )
+    outcomes = dict(
+        dest.execute(
+            "SELECT outcome, count(DISTINCT object_path) FROM migration.media_uploads WHERE run_id = %s "
+            "GROUP BY 1",
+            (run.run_id,),
+        ).fetchall()
+    )
+    log.info(
+        "media: files accounted: %s loaded rows, each with an object verified by size and sha256 "
+        "(this run: %s uploaded, %s already in Storage and identical)",
+        f"{loaded:,}",
+        f"{outcomes.get('uploaded', 0):,}",
+        f"{outcomes.get('skipped_identical', 0):,}",
+    )
     sweep_orphans(dest, run.run_id, MediaSettings.from_options(run.report.get("options")))
 
 
@@ -669,22 +885,40 @@ def sweep_orphans(dest: psycopg.Connection, run_id: str, settings: MediaSettings
     """
     from include.migration.media_files import remove_objects
 
-    candidates = [r[0] for r in dest.execute(
-        "SELECT u.object_path FROM migration.media_uploads u "
-        "WHERE NOT EXISTS (SELECT 1 FROM public.media m WHERE m.object_path = u.object_path) "
-        "GROUP BY u.object_path HAVING max(u.recorded_at) FILTER (WHERE u.outcome = 'uploaded') > "
-        "coalesce(max(u.recorded_at) FILTER (WHERE u.outcome = 'removed'), '-infinity') ORDER BY 1")]
+    candidates = [
+        r[0]
+        for r in dest.execute(
+            "SELECT u.object_path FROM migration.media_uploads u "
+            "WHERE NOT EXISTS (SELECT 1 FROM public.media m WHERE m.object_path = u.object_path) "
+            "GROUP BY u.object_path HAVING max(u.recorded_at) FILTER (WHERE u.outcome = 'uploaded') > "
+            "coalesce(max(u.recorded_at) FILTER (WHERE u.outcome = 'removed'), '-infinity') ORDER BY 1"
+        )
+    ]
     if not candidates:
         return []
     removed = set(remove_objects(storage_client(), settings.bucket, candidates))
-    with dest.cursor() as cur, cur.copy("COPY migration.media_uploads (run_id, object_path, outcome, detail) "
-                                        "FROM STDIN") as copy:
+    with (
+        dest.cursor() as cur,
+        cur.copy("COPY migration.media_uploads (run_id, object_path, outcome, detail) FROM STDIN") as copy,
+    ):
         for path in candidates:
-            copy.write_row((run_id, path, "removed", "its row is no longer in public.media" if path in removed
-                            else "its row is no longer in public.media; already absent from Storage"))
+            copy.write_row(
+                (
+                    run_id,
+                    path,
+                    "removed",
+                    "its row is no longer in public.media"
+                    if path in removed
+                    else "its row is no longer in public.media; already absent from Storage",
+                )
+            )
     dest.commit()
-    log.info("media: removed %d objects whose rows are gone (owner deleted or excluded, row quarantined or "
-             "deleted at the source); %d were already absent", len(removed), len(candidates) - len(removed))
+    log.info(
+        "media: removed %d objects whose rows are gone (owner deleted or excluded, row quarantined or "
+        "deleted at the source); %d were already absent",
+        len(removed),
+        len(candidates) - len(removed),
+    )
     return sorted(removed)
 
 
@@ -709,30 +943,45 @@ class StorageReconciliation:
 
     def verdict_line(self) -> str:
         if self.clean:
-            return (f"media: Storage reconciliation CLEAN, {self.rows} rows = {self.objects} objects in bucket "
-                    f"{self.bucket!r}, every size equal, {self.hashed} objects downloaded and their sha256 equal")
+            return (
+                f"media: Storage reconciliation CLEAN, {self.rows} rows = {self.objects} objects in bucket "
+                f"{self.bucket!r}, every size equal, {self.hashed} objects downloaded and their sha256 equal"
+            )
         first = [*self.missing[:2], *self.orphans[:2], *list(self.different)[:2]]
-        return (f"media: Storage reconciliation FOUND DIFFERENCES in bucket {self.bucket!r}: "
-                f"{len(self.missing)} rows' objects missing, {len(self.orphans)} objects without a row, "
-                f"{len(self.different)} objects differ (rows {self.rows}, objects {self.objects}); "
-                f"first: {', '.join(first)}")
+        return (
+            f"media: Storage reconciliation FOUND DIFFERENCES in bucket {self.bucket!r}: "
+            f"{len(self.missing)} rows' objects missing, {len(self.orphans)} objects without a row, "
+            f"{len(self.different)} objects differ (rows {self.rows}, objects {self.objects}); "
+            f"first: {', '.join(first)}"
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"bucket": self.bucket, "verdict": "clean" if self.clean else "differences", "rows": self.rows,
-                "objects": self.objects, "missing": self.missing, "orphans": self.orphans,
-                "different": self.different, "hashed": self.hashed, "seconds": round(self.seconds, 3)}
+        return {
+            "bucket": self.bucket,
+            "verdict": "clean" if self.clean else "differences",
+            "rows": self.rows,
+            "objects": self.objects,
+            "missing": self.missing,
+            "orphans": self.orphans,
+            "different": self.different,
+            "hashed": self.hashed,
+            "seconds": round(self.seconds, 3),
+        }
 
 
-def reconcile_storage(dest_dsn: str, settings: MediaSettings, *, run_id: str | None = None,
-                      client: Any = None) -> StorageReconciliation | None:
+def reconcile_storage(
+    dest_dsn: str, settings: MediaSettings, *, run_id: str | None = None, client: Any = None
+) -> StorageReconciliation | None:
     """Compare every ``public.media`` row with its object; None when there is nothing on either side
     to compare (no row and no upload ever recorded: Storage is not contacted). ``run_id`` seeds the sample."""
     from include.migration.media_files import list_objects
 
     started = time.perf_counter()
     with db.connection(dest_dsn, application="migration-reconcile-media") as conn:
-        rows = conn.execute("SELECT id::text, owner_id::text, file_name, bucket, object_path, size_bytes, sha256 "
-                            "FROM public.media").fetchall()
+        rows = conn.execute(
+            "SELECT id::text, owner_id::text, file_name, bucket, object_path, size_bytes, sha256 "
+            "FROM public.media"
+        ).fetchall()
         recorded = conn.execute("SELECT EXISTS (SELECT 1 FROM migration.media_uploads)").fetchone()[0]
     if not rows and not recorded:
         log.info("media: no row in public.media and no upload recorded; Storage not compared")
@@ -749,8 +998,9 @@ def reconcile_storage(dest_dsn: str, settings: MediaSettings, *, run_id: str | N
     return result
 
 
-def _compare_rows(rows: list[tuple], listing: dict[str, int], settings: MediaSettings,
-                  result: StorageReconciliation) -> list[tuple[str, int, str]]:
+def _compare_rows(
+    rows: list[tuple], listing: dict[str, int], settings: MediaSettings, result: StorageReconciliation
+) -> list[tuple[str, int, str]]:
     """Row by row against the listing; returns the objects whose bytes may be hashed."""
     from include.migration.media_files import object_path
 
@@ -774,8 +1024,9 @@ def _compare_rows(rows: list[tuple], listing: dict[str, int], settings: MediaSet
     return to_hash
 
 
-def _hash_objects(client: Any, settings: MediaSettings, objects: list[tuple[str, int, str]],
-                  result: StorageReconciliation) -> None:
+def _hash_objects(
+    client: Any, settings: MediaSettings, objects: list[tuple[str, int, str]], result: StorageReconciliation
+) -> None:
     from include.migration.media_files import verify_object
 
     def check(obj: tuple[str, int, str]) -> tuple[str, str | None]:
@@ -796,15 +1047,31 @@ def persist_storage_reconciliation(dest_dsn: str, run_id: str, result: StorageRe
     data = result.as_dict()
     with db.connection(dest_dsn) as conn:
         conn.execute(
-            "INSERT INTO migration.reconciliations (run_id, entity, verdict, source_rows, target_rows, buckets, "
-            "missing, extra, different) VALUES (%s, 'media_storage', %s, %s, %s, 1, %s, %s, %s) "
+            "INSERT INTO migration.reconciliations (run_id, entity, verdict, source_rows, target_rows, "
+            "buckets, missing, extra, different) "
+            "VALUES (%s, 'media_storage', %s, %s, %s, 1, %s, %s, %s) "
             "ON CONFLICT (run_id, entity) DO UPDATE SET checked_at = now(), verdict = EXCLUDED.verdict, "
-            "source_rows = EXCLUDED.source_rows, target_rows = EXCLUDED.target_rows, missing = EXCLUDED.missing, "
-            "extra = EXCLUDED.extra, different = EXCLUDED.different",
-            (run_id, data["verdict"], result.rows, result.objects, Jsonb(result.missing), Jsonb(result.orphans),
-             Jsonb(sorted(result.different))))
-        runs.update(conn, run_id, report={"storage_reconciliation": {
-            k: v for k, v in data.items() if k not in ("missing", "orphans", "different")}})
+            "source_rows = EXCLUDED.source_rows, target_rows = EXCLUDED.target_rows, "
+            "missing = EXCLUDED.missing, extra = EXCLUDED.extra, different = EXCLUDED.different",
+            (
+                run_id,
+                data["verdict"],
+                result.rows,
+                result.objects,
+                Jsonb(result.missing),
+                Jsonb(result.orphans),
+                Jsonb(sorted(result.different)),
+            ),
+        )
+        runs.update(
+            conn,
+            run_id,
+            report={
+                "storage_reconciliation": {
+                    k: v for k, v in data.items() if k not in ("missing", "orphans", "different")
+                }
+            },
+        )
         conn.commit()
     path = report_dir(run_id) / "reconcile-media-storage.json"
     path.write_text(json.dumps(data, indent=2))
@@ -813,8 +1080,9 @@ def persist_storage_reconciliation(dest_dsn: str, run_id: str, result: StorageRe
 
 def on_reconcile(conns: Conns, entity: Entity, run: runs.Run) -> list[str]:
     """The Storage half of the media reconciliation; returns its verdict line when it is not clean."""
-    result = reconcile_storage(conns.dest, MediaSettings.from_options(run.report.get("options")),
-                               run_id=run.run_id)
+    result = reconcile_storage(
+        conns.dest, MediaSettings.from_options(run.report.get("options")), run_id=run.run_id
+    )
     if result is None:
         return []
     path = persist_storage_reconciliation(conns.dest, run.run_id, result)

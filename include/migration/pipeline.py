@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from include.migration import db, extract as extract_mod, load as load_mod, runs
@@ -28,11 +29,19 @@ class AccountingMismatch(RuntimeError):
     pass
 
 
+class SchemaMismatch(RuntimeError):
+    pass
+
+
 class QuarantineThresholdExceeded(RuntimeError):
     pass
 
 
 class ReconciliationFailed(RuntimeError):
+    pass
+
+
+class StaleStage(RuntimeError):
     pass
 
 
@@ -87,14 +96,22 @@ def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_r
         dest.commit()
     log.info("%s: %s run %s%s; scope: %s", entity.name, mode, run.run_id, " (dry run)" if dry_run else "",
              scope.describe())
-    res = extract_mod.extract(conns.legacy, conns.dest, entity, run.run_id, scope)
+    try:
+        res = extract_mod.extract(conns.legacy, conns.dest, entity, run.run_id, scope)
+    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable, psycopg.errors.DatatypeMismatch,
+            psycopg.errors.UndefinedFunction, psycopg.errors.InvalidBinaryRepresentation) as exc:
+        raise SchemaMismatch(
+            f"{entity.name}: the legacy schema no longer fits the {entity.name} mapping: "
+            f"{exc.diag.message_primary}. Nothing was loaded. The schema_diff DAG lists every difference "
+            "and how to clear it.") from None
     rate = res.rows / res.seconds if res.seconds else 0.0
     log.info("%s: extracted %s rows (%.1f MB) from %s into stage %s in %.2f s, %s rows/s",
              entity.name, _fmt(res.rows), res.bytes / 1e6, db.describe(conns.legacy), res.stage_table,
              res.seconds, _fmt(int(rate)))
     with db.connection(conns.dest) as dest:
         runs.update(dest, run.run_id, scope=scope.as_dict(), stage_table=res.stage_table, stage_rows=res.rows,
-                    source_rows=res.source_rows, load_progress=None, counts={"extract_seconds": res.seconds})
+                    source_rows=res.source_rows, load_progress=None, counts={"extract_seconds": res.seconds},
+                    report={"extracted_at": res.snapshot_at.isoformat() if res.snapshot_at else None})
         dest.commit()
     if res.source_rows is not None and res.source_rows != res.rows:
         raise AccountingMismatch(
@@ -151,13 +168,15 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
             if accepted:
                 log.warning("%s: schema differences accepted for this run only: %s", entity.name,
                             ", ".join(accepted))
-    with runs.EntityLock(conns.dest, entity.name, run_id, wait_seconds=lock_wait_seconds), \
-            db.connection(conns.dest, application=f"migration-load-{entity.name}") as dest:
+    # The lock is held by the writing session itself: if that session ends, so does the lock.
+    with db.connection(conns.dest, application=f"migration-load-{entity.name}") as dest, \
+            runs.EntityLock(conns.dest, entity.name, run_id, wait_seconds=lock_wait_seconds, conn=dest):
         run = _run(dest, run_id)
         if run.status == "loaded":
             log.info("%s: run %s already loaded; nothing to do", entity.name, run_id)
             return {"run_id": run_id, **run.counts.get("load", {})}
         _check_stage_intact(dest, run)
+        _refuse_older_stage(dest, run)
         if run.load_progress is None:
             wm = runs.watermark(dest, entity.name)
             runs.update(dest, run_id, report={"watermark_before": runs.jsonable(wm.__dict__) if wm else None})
@@ -214,6 +233,31 @@ def _check_stage_intact(dest, run: runs.Run) -> None:
             f"{run.entity}: the stage {run.stage_table} holds {rows} rows, the extract wrote {run.stage_rows} "
             "(the destination restarted after a crash and emptied the unlogged stage?). "
             "Clear this DAG run from its extract task to stage again; loaded chunks are not written twice.")
+
+
+def _refuse_older_stage(dest, run: runs.Run) -> None:
+    """Refuse a stage older than one another run of the entity has started to load.
+
+    Extracts run outside the write lock, so of two runs at once (a nightly
+    incremental and a manual full) the one that staged first may load second;
+    so may a failed run's load retried after a later run succeeded. Either
+    would write older rows over newer ones, behind the watermark.
+    """
+    mine = run.report.get("extracted_at")
+    if not mine:
+        return
+    newer = dest.execute(
+        "SELECT run_id, report->>'extracted_at' FROM migration.runs WHERE entity = %s AND run_id <> %s "
+        "AND NOT dry_run AND status <> 'rolled_back' AND load_progress IS NOT NULL "
+        "AND (report->>'extracted_at')::timestamptz > %s::timestamptz "
+        "ORDER BY (report->>'extracted_at')::timestamptz DESC LIMIT 1",
+        (run.entity, run.run_id, mine)).fetchone()
+    dest.rollback()
+    if newer is not None:
+        raise StaleStage(
+            f"{run.entity}: run {run.run_id} staged the source as of {mine}, but run {newer[0]} has already "
+            f"loaded it as of {newer[1]}; loading this stage would write older rows over newer ones. Nothing "
+            "was written. Clear this DAG run from its extract task to stage the source again.")
 
 
 def account(dest, entity: Entity, run: runs.Run, result: load_mod.LoadResult) -> dict[str, Any]:

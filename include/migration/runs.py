@@ -125,27 +125,44 @@ class LockBusy(RuntimeError):
 class EntityLock:
     """The destination-side write lock of one entity.
 
-    Held on its own connection for as long as the writing task runs. A second
-    run waits up to ``wait_seconds`` and then fails with the holder's name.
+    A session-level advisory lock, best taken on the very connection that
+    writes (``conn``): then the lock and the writes end together. When that
+    session ends (the task killed, the connection cut, ``pg_terminate_backend``)
+    the lock is released and the writer cannot write any more; on a separate
+    connection, the lock could go while the writer went on, next to the run
+    that took the lock over. Without ``conn`` it opens a connection of its own.
+    A second run waits up to ``wait_seconds`` and then fails with the holder's
+    name.
     """
 
-    def __init__(self, dsn: str, entity: str, run_id: str, *, wait_seconds: float = 60.0):
+    def __init__(self, dsn: str, entity: str, run_id: str, *, wait_seconds: float = 60.0,
+                 conn: psycopg.Connection | None = None):
         self.dsn, self.entity, self.run_id, self.wait_seconds = dsn, entity, run_id, wait_seconds
-        self.conn: psycopg.Connection | None = None
+        self.conn = conn
+        self._own = conn is None
+
+    def _one(self, query: str, params: tuple) -> Any:
+        """Run one statement; never leave a transaction open on the writer's connection."""
+        assert self.conn is not None
+        row = self.conn.execute(query, params).fetchone()
+        if not self.conn.autocommit:
+            self.conn.commit()
+        return row
 
     def __enter__(self) -> EntityLock:
-        self.conn = db.connect(self.dsn, autocommit=True, application=f"migration-lock-{self.entity}")
+        if self._own:
+            self.conn = db.connect(self.dsn, autocommit=True, application=f"migration-lock-{self.entity}")
         deadline = time.monotonic() + self.wait_seconds
         announced = False
         while True:
-            got = self.conn.execute(
-                "SELECT pg_try_advisory_lock(hashtext('migration.entity'), hashtext(%s))", (self.entity,)
-            ).fetchone()[0]
+            got = self._one("SELECT pg_try_advisory_lock(hashtext('migration.entity'), hashtext(%s))",
+                            (self.entity,))[0]
             if got:
                 break
             holder = self.holder()
             if time.monotonic() >= deadline:
-                self.conn.close()
+                if self._own:
+                    self.conn.close()
                 raise LockBusy(
                     f"{self.entity}: another run is writing this entity ({holder}); waited "
                     f"{self.wait_seconds:.0f} s. Let it finish, or stop it, then rerun."
@@ -154,19 +171,16 @@ class EntityLock:
                 log.info("%s: waiting for the write lock held by %s", self.entity, holder)
                 announced = True
             time.sleep(1.0)
-        self.conn.execute(
+        self._one(
             "INSERT INTO migration.locks (entity, run_id, holder) VALUES (%s, %s, %s) "
             "ON CONFLICT (entity) DO UPDATE SET run_id = EXCLUDED.run_id, holder = EXCLUDED.holder, "
-            "acquired_at = now()",
+            "acquired_at = now() RETURNING entity",
             (self.entity, self.run_id, f"{socket.gethostname()} pid {os.getpid()}"),
         )
         return self
 
     def holder(self) -> str:
-        assert self.conn is not None
-        row = self.conn.execute(
-            "SELECT run_id, holder, acquired_at FROM migration.locks WHERE entity = %s", (self.entity,)
-        ).fetchone()
+        row = self._one("SELECT run_id, holder, acquired_at FROM migration.locks WHERE entity = %s", (self.entity,))
         if row is None:
             return "a session that has not registered yet"
         return f"run {row[0]} on {row[1]} since {row[2]:%Y-%m-%d %H:%M:%S}Z"
@@ -175,13 +189,18 @@ class EntityLock:
         if self.conn is None:
             return
         try:
-            self.conn.execute("DELETE FROM migration.locks WHERE entity = %s AND run_id = %s",
-                              (self.entity, self.run_id))
-            self.conn.execute(
-                "SELECT pg_advisory_unlock(hashtext('migration.entity'), hashtext(%s))", (self.entity,)
-            )
+            if not self.conn.autocommit:
+                self.conn.rollback()  # whatever a failed step left uncommitted
+            self._one("DELETE FROM migration.locks WHERE entity = %s AND run_id = %s RETURNING entity",
+                      (self.entity, self.run_id))
+            self._one("SELECT pg_advisory_unlock(hashtext('migration.entity'), hashtext(%s))", (self.entity,))
+        except psycopg.OperationalError:
+            # The session is gone, and the lock went with it; the next holder replaces our
+            # migration.locks row. Raising here would hide the error that ended the step.
+            log.warning("%s: the write lock's session had already ended", self.entity)
         finally:
-            self.conn.close()
+            if self._own:
+                self.conn.close()
             self.conn = None
 
 

@@ -11,8 +11,10 @@ entity writes, row by row and by ``fingerprint``, with an uninterrupted run of
 the same staged data: no row lost, none duplicated, none different.
 
 The world is the seeded ``small`` legacy world with a third of its messages
-(~20k: 10 chunks of 2,000; users: 10 chunks of 500). The destination server runs with the
-default durability settings, so a commit the test saw survives the crash.
+(~20k: 10 chunks of 2,000; users: 10 chunks of 500). The destination server
+runs with the default durability settings, so a commit the test saw survives
+the crash. At the end the module prints one line per fault: rows lost,
+duplicated, extra and different after the rerun (all 0).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class Templates:
         """After a crash restart: crash recovery emptied the (unlogged) stages of the
         template databases too; stage them again, the way an operator would."""
         for template, entity in ((self.users_staged, "users"), (self.messages_staged, "messages")):
-            _steps_until_loaded(pipeline.Conns(self.legacy, server.dsn(template)), entity, load=False)
+            _stage(pipeline.Conns(self.legacy, server.dsn(template)), entity)
 
 
 RESULTS: list[dict] = []
@@ -100,11 +102,10 @@ def server():
     shutil.rmtree(data_dir.parent, ignore_errors=True)
 
 
-def _steps_until_loaded(conns: pipeline.Conns, entity: str, *, load: bool) -> None:
+def _stage(conns: pipeline.Conns, entity: str) -> None:
+    """Extract and transform (run <entity>:night, full), as the DAG does before its load."""
     out = pipeline.extract(conns, entity, RUN, mode="full", dry_run=False)
     pipeline.transform(conns, entity, out["run_id"])
-    if load:
-        pipeline.load(conns, entity, out["run_id"], batch_size=BATCH.get(entity, 5000), quarantine_threshold_pct=100)
 
 
 def _chunk_rows(dsn: str, entity: str) -> tuple[list[str], dict[str, int]]:
@@ -135,14 +136,14 @@ def templates(server: Server, tmp_path_factory: pytest.TempPathFactory, request:
         # A third of the messages is enough for ten chunks and keeps the module quick.
         conn.execute("DELETE FROM messages WHERE id % 3 <> 0")
     bootstrap(server.dsn("tpl_users_staged"))
-    _steps_until_loaded(pipeline.Conns(legacy, server.dsn("tpl_users_staged")), "users", load=False)
+    _stage(pipeline.Conns(legacy, server.dsn("tpl_users_staged")), "users")
     users = pipeline.Conns(legacy, server.clone("tpl_users_staged", "tpl_users_loaded"))
     pipeline.load(users, "users", f"users:{RUN}", batch_size=BATCH["users"], quarantine_threshold_pct=100)
     parents = pipeline.Conns(legacy, server.clone("tpl_users_loaded", "tpl_parents"))
     pipeline.reconcile(parents, "users", f"users:{RUN}")
     for entity in ("agents", "conversations"):
         pipeline.run_entity(parents, entity, RUN, mode="full", validate_with_gx=False, quarantine_threshold_pct=100)
-    _steps_until_loaded(parents, "messages", load=False)
+    _stage(parents, "messages")
     server.clone("tpl_parents", "tpl_messages_staged")
     reference = pipeline.Conns(legacy, server.clone("tpl_messages_staged", "ref_messages"))
     pipeline.load(reference, "messages", f"messages:{RUN}", batch_size=BATCH["messages"],
@@ -161,10 +162,10 @@ def _print_results(request: pytest.FixtureRequest) -> None:
     if not RESULTS:
         return
     lines = ["", "fault injection: per kill point, the destination after the rerun vs an uninterrupted run",
-             f"  {'case':<44} {'child':<8} {'committed at fault':<20} {'rerun':<8} {'rows':>7} {'lost':>5} "
+             f"  {'case':<44} {'child':<8} {'committed at fault':<22} {'rerun':<8} {'rows':>7} {'lost':>5} "
              f"{'dup':>4} {'extra':>5} {'diff':>5}  equal"]
     for r in RESULTS:
-        lines.append(f"  {r['case']:<44} {r['child']:<8} {r['at_fault']:<20} {r['rerun']:<8} {r['rows']:>7} "
+        lines.append(f"  {r['case']:<44} {r['child']:<8} {r['at_fault']:<22} {r['rerun']:<8} {r['rows']:>7} "
                      f"{r['lost']:>5} {r['duplicated']:>4} {r['extra']:>5} {r['different']:>5}  {r['equal']}")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled():

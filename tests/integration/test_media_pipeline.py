@@ -39,12 +39,22 @@ pytestmark = pytest.mark.integration
 
 SECRET = "media-pipeline-test-secret-at-least-32-chars"
 RELATIONAL = ("users", "agents", "conversations", "messages")
-KEEP_ALL = ("media.missing_file", "media.sha_mismatch", "media.orphan_owner", "media.dangling_conversation",
-            "media.dangling_message", "media.large_file")
+KEEP_ALL = (
+    "media.missing_file",
+    "media.sha_mismatch",
+    "media.orphan_owner",
+    "media.dangling_conversation",
+    "media.dangling_message",
+    "media.large_file",
+)
 # Retries stay on, their waits short: the tests wait for nothing but the work.
 FAST = {"media_upload_retries": 1, "media_upload_backoff_seconds": 0.01}
-MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"%PDF-", "application/pdf"),
-         (b"ID3", "audio/mpeg"))
+MAGIC = (
+    (b"\x89PNG", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"%PDF-", "application/pdf"),
+    (b"ID3", "audio/mpeg"),
+)
 
 
 @dataclass
@@ -76,8 +86,11 @@ class MediaWorld:
 
     def legacy_media(self) -> dict[str, tuple]:
         """id -> (owner_id, file_name, mime_type, size_bytes, storage_key, sha256) of every legacy row."""
-        rows = self.q("SELECT id::text, owner_id::text, file_name, mime_type, size_bytes, storage_key, sha256 "
-                      "FROM media_assets", db="legacy")
+        rows = self.q(
+            "SELECT id::text, owner_id::text, file_name, mime_type, size_bytes, storage_key, sha256 "
+            "FROM media_assets",
+            db="legacy",
+        )
         return {r[0]: r[1:] for r in rows}
 
     def file(self, storage_key: str) -> bytes:
@@ -91,14 +104,23 @@ class MediaWorld:
         return object_path(self.survivor(owner), media_id, name)
 
     def uploads(self, run_id: str) -> Counter:
-        return Counter(dict(self.q("SELECT outcome, count(*) FROM migration.media_uploads WHERE run_id = %s "
-                                   "GROUP BY 1", run_id)))
+        return Counter(
+            dict(
+                self.q(
+                    "SELECT outcome, count(*) FROM migration.media_uploads WHERE run_id = %s GROUP BY 1",
+                    run_id,
+                )
+            )
+        )
 
 
 def _clone(pg_uri: str, template: str, name: str) -> str:
     with psycopg.connect(f"{pg_uri}/postgres", autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(template.rsplit("/", 1)[1])))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template.rsplit("/", 1)[1])
+            )
+        )
     return f"{pg_uri}/{name}"
 
 
@@ -108,7 +130,10 @@ def base(pg_uri: str, tmp_path_factory: pytest.TempPathFactory):
     from include.migration.bootstrap import bootstrap
 
     tag = uuid.uuid4().hex[:8]
-    legacy, dest = create_database(pg_uri, f"mbase_legacy_{tag}"), create_database(pg_uri, f"mbase_dest_{tag}")
+    legacy, dest = (
+        create_database(pg_uri, f"mbase_legacy_{tag}"),
+        create_database(pg_uri, f"mbase_dest_{tag}"),
+    )
     bootstrap(dest)
     root = tmp_path_factory.mktemp("legacy") / "media"
     report = seed(legacy, scale="small", media_root=root)
@@ -134,8 +159,11 @@ def mw(base: Base, pg_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         keep = {k for kind in KEEP_ALL for k in planted[kind]}
         keep |= {k for kind, keys in planted.items() if kind.startswith("media.") for k in sorted(keys)[:20]}
         with psycopg.connect(world.conns.legacy, autocommit=True) as conn:
-            conn.execute("DELETE FROM media_assets WHERE NOT (id = ANY(%s::uuid[])) AND id NOT IN "
-                         "(SELECT id FROM media_assets ORDER BY id LIMIT 200)", (sorted(keep),))
+            conn.execute(
+                "DELETE FROM media_assets WHERE NOT (id = ANY(%s::uuid[])) AND id NOT IN "
+                "(SELECT id FROM media_assets ORDER BY id LIMIT 200)",
+                (sorted(keep),),
+            )
         yield world
 
 
@@ -146,9 +174,13 @@ def _media_world(base: Base, pg_uri: str, tmp_path: Path, monkeypatch: pytest.Mo
     root = tmp_path / "media"
     shutil.copytree(base.media_root, root)
     standin = StorageStandIn(tmp_path / "storage", SECRET).start()
-    monkeypatch.setenv("AIRFLOW_CONN_SUPABASE_API", json.dumps(
-        {"conn_type": "http", "host": standin.url, "password": standin.service_key}))
-    monkeypatch.setenv("AIRFLOW_CONN_LEGACY_MEDIA", json.dumps({"conn_type": "fs", "extra": {"path": str(root)}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SUPABASE_API",
+        json.dumps({"conn_type": "http", "host": standin.url, "password": standin.service_key}),
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LEGACY_MEDIA", json.dumps({"conn_type": "fs", "extra": {"path": str(root)}})
+    )
     monkeypatch.setenv("MIGRATION_STATE_DIR", str(tmp_path / "reports"))
     yield MediaWorld(pipeline.Conns(legacy, dest), base.report, root, standin)
     standin.stop()
@@ -156,10 +188,14 @@ def _media_world(base: Base, pg_uri: str, tmp_path: Path, monkeypatch: pytest.Mo
         drop_database(pg_uri, name)
 
 
-def run_media(mw: MediaWorld, label: str, *, mode: str = "full", options: dict | None = None, **kwargs) -> dict:
+def run_media(
+    mw: MediaWorld, label: str, *, mode: str = "full", options: dict | None = None, **kwargs
+) -> dict:
     kwargs.setdefault("validate_with_gx", False)
     kwargs.setdefault("quarantine_threshold_pct", 100)
-    return pipeline.run_entity(mw.conns, "media", label, mode=mode, options={**FAST, **(options or {})}, **kwargs)
+    return pipeline.run_entity(
+        mw.conns, "media", label, mode=mode, options={**FAST, **(options or {})}, **kwargs
+    )
 
 
 def _true_mime(data: bytes) -> str:
@@ -172,8 +208,9 @@ def _true_mime(data: bytes) -> str:
 def test_full_run_moves_every_file_byte_for_byte_and_accounts_for_every_row(whole: MediaWorld):
     mw = whole
     planted = mw.report.planted
-    res = run_media(mw, "full1", validate_with_gx=True,
-                    quarantine_threshold_pct=pipeline.DEFAULT_QUARANTINE_THRESHOLD_PCT)
+    res = run_media(
+        mw, "full1", validate_with_gx=True, quarantine_threshold_pct=pipeline.DEFAULT_QUARANTINE_THRESHOLD_PCT
+    )
     legacy = mw.legacy_media()
 
     # Each quarantine reason on exactly its planted keys; soft-deleted owners excluded.
@@ -184,15 +221,21 @@ def test_full_run_moves_every_file_byte_for_byte_and_accounts_for_every_row(whol
         **dict.fromkeys(planted["media.orphan_owner"], "owner_missing"),
     }
     mismatch = planted["media.sha_mismatch"][0]
-    detail = mw.q("SELECT source_row->>'file_problem' FROM migration.quarantine WHERE source_key = %s", mismatch)
+    detail = mw.q(
+        "SELECT source_row->>'file_problem' FROM migration.quarantine WHERE source_key = %s", mismatch
+    )
     assert f"records sha256 {legacy[mismatch][5]}" in detail[0][0]
     exclusions = dict(mw.q("SELECT source_key, rule FROM migration.exclusions WHERE entity = 'media'"))
     assert exclusions == dict.fromkeys(planted["media.owner_soft_deleted"], "owner_excluded")
 
     # Every other row is in public.media, and its object holds exactly the legacy file's bytes.
-    rows = {r[0]: r[1:] for r in mw.q(
-        "SELECT id::text, owner_id::text, conversation_id::text, message_id, bucket, object_path, file_name, "
-        "mime_type, size_bytes, sha256 FROM public.media")}
+    rows = {
+        r[0]: r[1:]
+        for r in mw.q(
+            "SELECT id::text, owner_id::text, conversation_id::text, message_id, bucket, object_path, "
+            "file_name, mime_type, size_bytes, sha256 FROM public.media"
+        )
+    }
     assert set(rows) == set(legacy) - set(quarantine) - set(exclusions)
     files = mw.client().storage.from_("media")
     null_mime = set(planted["media.null_mime"])
@@ -213,8 +256,11 @@ def test_full_run_moves_every_file_byte_for_byte_and_accounts_for_every_row(whol
     # References: merged owners re-pointed; dangling and soft-deleted targets nulled.
     losers = [k for k in planted["media.owner_duplicate_loser"] if k in rows]
     assert losers and all(rows[k][0] == mw.survivor(legacy[k][0]) != legacy[k][0] for k in losers)
-    for kind, column in (("media.dangling_conversation", 1), ("media.dangling_message", 2),
-                         ("media.conversation_soft_deleted", 1)):
+    for kind, column in (
+        ("media.dangling_conversation", 1),
+        ("media.dangling_message", 2),
+        ("media.conversation_soft_deleted", 1),
+    ):
         assert planted[kind] and all(rows[k][column] is None for k in planted[kind] if k in rows), kind
     for key in set(planted["media.null_sha"]) & set(rows):
         assert rows[key][8] == hashlib.sha256(mw.file(legacy[key][4])).hexdigest()
@@ -232,15 +278,24 @@ def test_full_run_moves_every_file_byte_for_byte_and_accounts_for_every_row(whol
     assert res["inserted"] == len(rows)
     acc = mw.q("SELECT counts->'accounting' FROM migration.runs WHERE run_id = 'media:full1'")[0][0]
     assert acc["balanced"] and acc["in_scope"] == mw.report.counts["media_assets"] == len(legacy)
-    assert (acc["loaded"], acc["excluded"], acc["quarantined"]) == (len(rows), len(exclusions), len(quarantine))
+    assert (acc["loaded"], acc["excluded"], acc["quarantined"]) == (
+        len(rows),
+        len(exclusions),
+        len(quarantine),
+    )
     assert mw.uploads("media:full1") == {"uploaded": len(rows)}
-    assert mw.q("SELECT count(DISTINCT object_path), bool_and(detail LIKE '%%verified size and sha256') "
-                "FROM migration.media_uploads") == [(len(rows), True)]
+    assert mw.q(
+        "SELECT count(DISTINCT object_path), bool_and(detail LIKE '%%verified size and sha256') "
+        "FROM migration.media_uploads"
+    ) == [(len(rows), True)]
     # GX validated, rows and Storage reconciled clean.
-    verdicts = dict(mw.q("SELECT entity, verdict FROM migration.reconciliations WHERE run_id = 'media:full1'"))
+    verdicts = dict(
+        mw.q("SELECT entity, verdict FROM migration.reconciliations WHERE run_id = 'media:full1'")
+    )
     assert verdicts == {"media": "clean", "media_storage": "clean"}
-    assert mw.q("SELECT status, report->'validation'->>'success' FROM migration.runs "
-                "WHERE run_id = 'media:full1'") == [("succeeded", "true")]
+    assert mw.q(
+        "SELECT status, report->'validation'->>'success' FROM migration.runs WHERE run_id = 'media:full1'"
+    ) == [("succeeded", "true")]
     bucket = mw.client().storage.get_bucket("media")
     assert (bucket.public, bucket.file_size_limit) == (False, 50 * 1024 * 1024)
     assert sorted(bucket.allowed_mime_types) == sorted(media.DEFAULT_ALLOWED_MIME_TYPES)
@@ -260,8 +315,14 @@ def test_an_interrupted_upload_pass_resumes_with_only_the_missing_files(mw: Medi
     run_id = out["run_id"]
     pipeline.transform(mw.conns, "media", run_id)
     stage = mw.q("SELECT stage_table FROM migration.runs WHERE run_id = %s", run_id)[0][0]
-    paths = [r[0] for r in mw.q(sql.SQL("SELECT object_path FROM {} WHERE _disposition = 'loaded' ORDER BY id")
-                                .format(sql.Identifier("migration_stage", stage)).as_string())]
+    paths = [
+        r[0]
+        for r in mw.q(
+            sql.SQL("SELECT object_path FROM {} WHERE _disposition = 'loaded' ORDER BY id")
+            .format(sql.Identifier("migration_stage", stage))
+            .as_string()
+        )
+    ]
     # Storage refuses every upload of one file in ten: 10 % fail, above the 1 % that means "Storage is down".
     large = mw.path_of(mw.report.planted["media.large_file"][0])  # its upload is TUS, another route
     broken = [p for p in paths if p != large][::10]
@@ -278,15 +339,26 @@ def test_an_interrupted_upload_pass_resumes_with_only_the_missing_files(mw: Medi
     fault.remaining = 0  # Storage is back; Airflow retries the load task.
     loaded = pipeline.load(mw.conns, "media", run_id, quarantine_threshold_pct=100)
     assert loaded["inserted"] == len(paths)
-    assert mw.uploads(run_id) == {"uploaded": len(paths), "skipped_identical": len(paths) - len(broken),
-                                  "failed": len(broken)}
+    assert mw.uploads(run_id) == {
+        "uploaded": len(paths),
+        "skipped_identical": len(paths) - len(broken),
+        "failed": len(broken),
+    }
     # The second pass uploaded only the missing files: no object was ever uploaded twice.
-    per_path = dict(mw.q("SELECT object_path, array_agg(outcome ORDER BY recorded_at) FROM migration.media_uploads "
-                         "WHERE run_id = %s GROUP BY 1", run_id))
+    per_path = dict(
+        mw.q(
+            "SELECT object_path, array_agg(outcome ORDER BY recorded_at) FROM migration.media_uploads "
+            "WHERE run_id = %s GROUP BY 1",
+            run_id,
+        )
+    )
     assert {p: per_path[p] for p in broken} == {p: ["failed", "uploaded"] for p in broken}
     assert all(per_path[p] == ["uploaded", "skipped_identical"] for p in set(paths) - set(broken))
-    stored = [r for r in mw.standin.requests if r.method == "POST" and r.path.startswith("/object/media/")
-              and r.status == 200]
+    stored = [
+        r
+        for r in mw.standin.requests
+        if r.method == "POST" and r.path.startswith("/object/media/") and r.status == 200
+    ]
     assert len(stored) == len({r.path for r in stored}) == len(paths) - 1  # the large file goes through TUS
     assert pipeline.reconcile(mw.conns, "media", run_id)["verdict"] == "clean"
 
@@ -294,17 +366,34 @@ def test_an_interrupted_upload_pass_resumes_with_only_the_missing_files(mw: Medi
 def test_conflicts_rejections_and_transient_errors_end_as_specified(mw: MediaWorld):
     planted = mw.report.planted
     legacy = mw.legacy_media()
-    bad = set().union(*(planted[k] for k in ("media.missing_file", "media.sha_mismatch", "media.orphan_owner",
-                                             "media.owner_soft_deleted", "media.large_file")))
+    bad = set().union(
+        *(
+            planted[k]
+            for k in (
+                "media.missing_file",
+                "media.sha_mismatch",
+                "media.orphan_owner",
+                "media.owner_soft_deleted",
+                "media.large_file",
+            )
+        )
+    )
     ok = sorted(k for k, v in legacy.items() if k not in bad and v[2] in ("image/png", "image/jpeg"))
     conflicted, flaky = ok[0], ok[1]
     # Another writer already put other bytes at the row's path, in a bucket like the migration's.
-    options = {"media_file_size_limit_mb": 5, "media_upload_retries": 4,
-               "media_allowed_mime_types": ["image/*", "audio/*", "video/*", "text/plain"]}
+    options = {
+        "media_file_size_limit_mb": 5,
+        "media_upload_retries": 4,
+        "media_allowed_mime_types": ["image/*", "audio/*", "video/*", "text/plain"],
+    }
     settings = media.MediaSettings.from_options(options)
     client = mw.client()
-    ensure_bucket(client, "media", file_size_limit=settings.file_size_limit,
-                  allowed_mime_types=list(settings.allowed_mime_types))
+    ensure_bucket(
+        client,
+        "media",
+        file_size_limit=settings.file_size_limit,
+        allowed_mime_types=list(settings.allowed_mime_types),
+    )
     foreign = b"\x89PNG\r\n\x1a\n not the legacy file"
     client.storage.from_("media").upload(mw.path_of(conflicted), foreign, {"content-type": "image/png"})
     # A passing Storage error on another file: two 503s, then it works.
@@ -323,14 +412,24 @@ def test_conflicts_rejections_and_transient_errors_end_as_specified(mw: MediaWor
     # Refused by the bucket's rules before any request: nothing of them reached Storage.
     for key in [large, *sorted(pdfs)[:20]]:
         assert mw.standin.count_requests(None, re.escape(key)) == 0
-    assert mw.q("SELECT outcome, detail FROM migration.media_uploads WHERE object_path = %s",
-                mw.path_of(conflicted))[0][0] == "conflict"
+    assert (
+        mw.q(
+            "SELECT outcome, detail FROM migration.media_uploads WHERE object_path = %s",
+            mw.path_of(conflicted),
+        )[0][0]
+        == "conflict"
+    )
     # The 5xx was retried and the file landed.
     flaky_path = mw.path_of(flaky)
-    assert [r.status for r in mw.standin.requests if r.method == "POST" and r.path == f"/object/media/{flaky_path}"] \
-        == [503, 503, 200]
+    assert [
+        r.status
+        for r in mw.standin.requests
+        if r.method == "POST" and r.path == f"/object/media/{flaky_path}"
+    ] == [503, 503, 200]
     assert mw.q("SELECT count(*) FROM public.media WHERE id = %s", flaky) == [(1,)]
-    assert mw.q("SELECT outcome FROM migration.media_uploads WHERE object_path = %s", flaky_path) == [("uploaded",)]
+    assert mw.q("SELECT outcome FROM migration.media_uploads WHERE object_path = %s", flaky_path) == [
+        ("uploaded",)
+    ]
     orphans = mw.q("SELECT extra FROM migration.reconciliations WHERE entity = 'media_storage'")[0][0]
     assert orphans == [mw.path_of(conflicted)]
     # Validation expects exactly the rows the destination holds: the reasons decided from the files and
@@ -366,8 +465,10 @@ def test_dry_run_checks_the_files_and_touches_nothing(mw: MediaWorld):
     assert report["dispositions"]["quarantined:sha256_mismatch"] == len(planted["media.sha_mismatch"])
     assert report["dry_run_plan"]["insert"] == report["dispositions"]["loaded:ok"]
     assert mw.standin.requests == []  # not even the bucket was looked at
-    assert mw.q("SELECT (SELECT count(*) FROM public.media), (SELECT count(*) FROM migration.media_uploads), "
-                "(SELECT count(*) FROM migration.quarantine WHERE entity = 'media')") == [(0, 0, 0)]
+    assert mw.q(
+        "SELECT (SELECT count(*) FROM public.media), (SELECT count(*) FROM migration.media_uploads), "
+        "(SELECT count(*) FROM migration.quarantine WHERE entity = 'media')"
+    ) == [(0, 0, 0)]
 
 
 def test_storage_reconciliation_names_missing_orphan_and_altered_objects(mw: MediaWorld):
@@ -411,9 +512,11 @@ def test_rollback_removes_the_objects_the_run_uploaded(mw: MediaWorld):
 
 def test_incremental_run_follows_new_files_and_removes_the_objects_of_deleted_owners(mw: MediaWorld):
     run_media(mw, "base")
-    owner, count = mw.q("SELECT m.owner_id::text, count(*) FROM public.media m WHERE NOT EXISTS "
-                        "(SELECT 1 FROM migration.user_id_map x WHERE x.survivor_id = m.owner_id) "
-                        "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1")[0]
+    owner, count = mw.q(
+        "SELECT m.owner_id::text, count(*) FROM public.media m WHERE NOT EXISTS "
+        "(SELECT 1 FROM migration.user_id_map x WHERE x.survivor_id = m.owner_id) "
+        "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1"
+    )[0]
     owned = [r[0] for r in mw.q("SELECT object_path FROM public.media WHERE owner_id = %s", owner)]
     # The app keeps running: one user deletes their account, another uploads a PDF.
     uploader = mw.q("SELECT id::text FROM public.users WHERE id <> %s ORDER BY id LIMIT 1", owner)[0][0]
@@ -424,9 +527,11 @@ def test_incremental_run_follows_new_files_and_removes_the_objects_of_deleted_ow
     with psycopg.connect(mw.conns.legacy, autocommit=True) as conn:
         now = "(SELECT max(greatest(created_at, updated_at, deleted_at)) + interval '1 hour' FROM users)"
         conn.execute(f"UPDATE users SET deleted_at = {now}, updated_at = {now} WHERE id = %s", (owner,))
-        conn.execute("INSERT INTO media_assets (id, owner_id, file_name, mime_type, size_bytes, storage_key, sha256, "
-                     f"created_at) VALUES (%s, %s, 'Q4 report.pdf', 'application/pdf', %s, %s, %s, {now})",
-                     (new_id, uploader, len(data), key, hashlib.sha256(data).hexdigest()))
+        conn.execute(
+            "INSERT INTO media_assets (id, owner_id, file_name, mime_type, size_bytes, storage_key, sha256, "
+            f"created_at) VALUES (%s, %s, 'Q4 report.pdf', 'application/pdf', %s, %s, %s, {now})",
+            (new_id, uploader, len(data), key, hashlib.sha256(data).hexdigest()),
+        )
     for name in RELATIONAL:
         pipeline.run_entity(mw.conns, name, "inc", mode="incremental", validate_with_gx=False)
     run_media(mw, "inc", mode="incremental")
@@ -438,8 +543,14 @@ def test_incremental_run_follows_new_files_and_removes_the_objects_of_deleted_ow
     assert not set(owned) & set(listing)
     new_path = object_path(uploader, new_id, "Q4 report.pdf")
     assert mw.client().storage.from_("media").download(new_path) == data
-    exclusions = dict(mw.q("SELECT source_key, rule FROM migration.exclusions WHERE entity = 'media' "
-                           "AND run_id = 'media:inc'"))
+    exclusions = dict(
+        mw.q(
+            "SELECT source_key, rule FROM migration.exclusions WHERE entity = 'media' "
+            "AND run_id = 'media:inc'"
+        )
+    )
     assert len(exclusions) == count and set(exclusions.values()) == {"owner_excluded"}
     assert dict(mw.q("SELECT entity, verdict FROM migration.reconciliations WHERE run_id = 'media:inc'")) == {
-        "media": "clean", "media_storage": "clean"}
+        "media": "clean",
+        "media_storage": "clean",
+    }
