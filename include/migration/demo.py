@@ -558,8 +558,8 @@ def print_env(info: dict[str, Any]) -> None:
     say(f"legacy         psql {legacy}")
     say(f"supabase       psql {supabase}")
     if info.get("standin_url"):
-        key = STANDIN_KEY.read_text().strip() if STANDIN_KEY.exists() else "?"
-        say(f"Storage        {info['standin_url']}  (service-role key: {key})")
+        # The key itself stays out of the terminal (and out of anything that captures it).
+        say(f"Storage        {info['standin_url']}  (service-role key in {STANDIN_KEY})")
     say(f"logs           {STATE / 'logs'}")
     say("stop it all    make stop")
 
