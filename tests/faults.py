@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,6 @@ class Child:
     proc: subprocess.Popen
     signal_dir: Path
     point: str | None
-    log: list[str] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -101,8 +100,9 @@ class Child:
             os.kill(self.proc.pid, signal.SIGKILL)
 
     def finish(self, timeout: float = WAIT_SECONDS) -> Outcome:
-        stdout, stderr = self.proc.communicate(timeout=timeout)
-        return Outcome(self.proc.returncode, stdout, stderr)
+        self.proc.wait(timeout=timeout)
+        return Outcome(self.proc.returncode, *(
+            (self.signal_dir / name).read_text(errors="replace") for name in ("stdout", "stderr")))
 
 
 def start_step(step: str, conns: Any, *args: Any, point: str | None = None, signal_dir: Path,
@@ -114,8 +114,10 @@ def start_step(step: str, conns: Any, *args: Any, point: str | None = None, sign
     spec = {"step": step, "conns": {"legacy": conns.legacy, "dest": conns.dest}, "args": list(args),
             "kwargs": kwargs, "point": point, "signal_dir": str(signal_dir)}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.faults", json.dumps(spec)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Output to files, not pipes: a child stopped at its point must never block on a full pipe.
+    with open(signal_dir / "stdout", "w") as out, open(signal_dir / "stderr", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.faults", json.dumps(spec)], cwd=ROOT, env=env,
+                                stdout=out, stderr=err)
     return Child(proc, signal_dir, point)
 
 
