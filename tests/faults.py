@@ -19,6 +19,8 @@ Points (``name`` or ``name:N``, N counting the load's chunks from 1):
   ``watermark_written``   accounting committed; watermark advanced but not committed
   ``validating``          the validation step has started (expected rows counted); GX not yet run
   ``reconciled``          the verdict is stored; the run is not finished (stage not dropped)
+  ``direct_streamed``     a direct load has streamed every row into the table; nothing is committed
+  ``direct_committed``    a direct load has committed; the accounting has not run
 """
 
 from __future__ import annotations
@@ -246,7 +248,7 @@ def _pause(signal_dir: Path, point: str) -> None:
 
 def _install(point: str, stop: Callable[[], None]) -> None:
     """Wrap the functions around ``point`` so the child calls ``stop()`` there."""
-    from include.migration import pipeline, reconcile, runs, validation
+    from include.migration import direct, pipeline, reconcile, runs, validation
 
     name, _, arg = point.partition(":")
     n = int(arg) if arg else 0
@@ -304,6 +306,8 @@ def _install(point: str, stop: Callable[[], None]) -> None:
         "watermark_written": (after, pipeline, "_advance_watermark"),
         "validating": (before, validation, "validate_table"),
         "reconciled": (after, reconcile, "persist"),
+        "direct_streamed": (after, direct, "relay"),
+        "direct_committed": (after, direct, "load"),
     }
     if name in simple:
         how, module, attr = simple[name]

@@ -13,7 +13,10 @@ from contextlib import contextmanager
 from typing import Iterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import os
+
 import psycopg
+from psycopg import sql
 
 LEGACY_CONN_ID = "legacy_db"
 DEST_CONN_ID = "supabase_db"
@@ -21,6 +24,18 @@ DEST_CONN_ID = "supabase_db"
 # Every session of ours renders timestamps the same way on both sides, so
 # checksums computed in two databases agree.
 SESSION_SETTINGS = "-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=1"
+
+
+# Memory for the transform's sorts and hashes (the fates of every user and
+# conversation) in the legacy session: the default 4MB spills them to disk.
+LEGACY_WORK_MEM_ENV = "MIGRATION_LEGACY_WORK_MEM"
+DEFAULT_LEGACY_WORK_MEM = "128MB"
+
+
+def tune_legacy(conn: psycopg.Connection) -> None:
+    """Settings for a legacy read transaction that runs the transform (call inside the transaction)."""
+    value = os.environ.get(LEGACY_WORK_MEM_ENV) or DEFAULT_LEGACY_WORK_MEM
+    conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(value)))
 
 
 def dsn_for(conn_id: str) -> str:
@@ -69,6 +84,37 @@ def connection(conn_id_or_dsn: str, **kwargs) -> Iterator[psycopg.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+BINARY_TRAILER = b"\xff\xff"
+
+
+def copy_rows(copy: psycopg.Copy) -> Iterator[memoryview]:
+    """The messages of a binary ``COPY ... TO STDOUT``, one row each, as fast as libpq hands them over.
+
+    ``Copy.__iter__`` goes through psycopg's generator machinery for every
+    message, several microseconds a row: more than the server takes to produce
+    it. Here the buffered messages are drained with non-blocking
+    ``PQgetCopyData`` calls until the binary trailer; psycopg's own ``read()``
+    waits when nothing is buffered and finishes the COPY after the trailer.
+    The first message carries the header; the last one is the trailer.
+    """
+    pgconn = copy.connection.pgconn
+    while True:
+        nbytes, data = pgconn.get_copy_data(1)
+        if nbytes == 0:
+            data = copy.read()  # nothing buffered: wait for the next message
+            nbytes = len(data)
+            if not nbytes:
+                raise RuntimeError("the COPY ended without the binary trailer")
+        elif nbytes < 0:
+            raise RuntimeError("the COPY ended without the binary trailer")
+        yield data
+        if data[-2:] == BINARY_TRAILER and (nbytes == 2 or (nbytes == 21 and data[:11] == BINARY_SIGNATURE)):
+            break
+    if copy.read():  # collects the final result
+        raise RuntimeError("data after the binary COPY trailer")
 
 
 def sqlalchemy_url(dsn: str) -> str:

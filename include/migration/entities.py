@@ -79,6 +79,10 @@ class Entity:
     # Quarantine reasons decided after the transform SQL (by the hooks): rows
     # the SQL loads but the destination will not hold (validation's count).
     hook_reasons: tuple[str, ...] = ()
+    # A full run into an empty destination table may stream straight into it
+    # (direct.py). Not for entities whose rows need more than one COPY (users:
+    # their Auth accounts; media: its files).
+    direct_load: bool = False
 
     @property
     def column_names(self) -> list[str]:
@@ -143,6 +147,7 @@ USERS = Entity(
 )
 
 AGENTS = Entity(
+    direct_load=True,
     name="agents",
     source_table="agents",
     target_table="agents",
@@ -180,6 +185,7 @@ AGENTS = Entity(
 )
 
 CONVERSATIONS = Entity(
+    direct_load=True,
     name="conversations",
     source_table="conversations",
     target_table="conversations",
@@ -211,6 +217,7 @@ CONVERSATIONS = Entity(
 )
 
 MESSAGES = Entity(
+    direct_load=True,
     name="messages",
     source_table="messages",
     target_table="messages",

@@ -134,6 +134,7 @@ def extract(legacy_dsn: str, dest_dsn: str, entity: Entity, run_id: str, scope: 
         src.read_only = True
         # The first statement of the transaction takes its snapshot.
         snapshot_at = src.execute("SELECT now()").fetchone()[0]
+        db.tune_legacy(src)
         create_stage(dst, entity, table)
         query = transform_query(entity, scope)
         columns = sql.SQL(", ").join(sql.Identifier(c) for c, _ in entity.stage_columns)
@@ -143,7 +144,7 @@ def extract(legacy_dsn: str, dest_dsn: str, entity: Entity, run_id: str, scope: 
                     wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
                         sql.Identifier("migration_stage", table), columns)) as into:
                 buffer = bytearray()
-                for block in out:
+                for block in db.copy_rows(out):
                     buffer += block
                     if len(buffer) >= COPY_BLOCK:
                         into.write(buffer)

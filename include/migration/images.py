@@ -88,8 +88,8 @@ def record_inserts(conn: psycopg.Connection, run_id: str, schema: str, table: st
 
 
 def record_insert_range(conn: psycopg.Connection, run_id: str, schema: str, table: str,
-                        after: str | None, hi: str) -> None:
-    """A key range that was empty before this run: undo = delete the range."""
+                        after: str | None, hi: str | None) -> None:
+    """A key range that was empty before this run: undo = delete the range (``hi`` None: the whole table)."""
     conn.execute("INSERT INTO migration.before_images (run_id, entity, op, keys) VALUES (%s, %s, 'insert_range', %s)",
                  (run_id, table_label(schema, table), [after, hi]))
 
@@ -123,7 +123,9 @@ def restore(conn: psycopg.Connection, label: str, op: str, row_image: dict | Non
         typ = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
                            "to_regclass(%s) AND attname = %s", (label, pk[0])).fetchone()[0]
         lo, hi = keys
-        cond = sql.SQL("{k} <= {hi}::{t}").format(k=sql.Identifier(pk[0]), hi=sql.Literal(hi), t=sql.SQL(typ))
+        # [None, None]: the whole table was empty (a direct load).
+        cond = sql.SQL("TRUE") if hi is None else sql.SQL("{k} <= {hi}::{t}").format(
+            k=sql.Identifier(pk[0]), hi=sql.Literal(hi), t=sql.SQL(typ))
         if lo is not None:
             cond = sql.SQL("{} AND {k} > {lo}::{t}").format(cond, k=sql.Identifier(pk[0]), lo=sql.Literal(lo),
                                                            t=sql.SQL(typ))

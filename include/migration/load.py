@@ -53,7 +53,7 @@ def _cols(names: list[str], prefix: str | None = None) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
-def check_stage(dest: psycopg.Connection, entity: Entity, table: str) -> dict[str, int]:
+def check_stage(dest: psycopg.Connection, entity: Entity, table: str, *, commit: bool = True) -> dict[str, int]:
     """Quarantine staged rows the destination cannot take; return counts per disposition:reason."""
     stage = _stage(table)
     for ref in entity.parents:
@@ -87,7 +87,8 @@ def check_stage(dest: psycopg.Connection, entity: Entity, table: str) -> dict[st
     rows = dest.execute(
         sql.SQL("SELECT _disposition, _reason, count(*) FROM {} GROUP BY 1, 2 ORDER BY 1, 2").format(stage)
     ).fetchall()
-    dest.commit()
+    if commit:
+        dest.commit()
     return {f"{d}:{r}": n for d, r, n in rows}
 
 

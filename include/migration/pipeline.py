@@ -10,19 +10,23 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from types import ModuleType
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from include.migration import db, extract as extract_mod, load as load_mod, runs
+from include.migration import db, direct, extract as extract_mod, load as load_mod, runs
 from include.migration.entities import Entity, get
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 50_000
 DEFAULT_QUARANTINE_THRESHOLD_PCT = 0.1
+# How a run's rows reach the destination table: "auto" streams a full run into
+# an empty table directly (direct.py) and stages otherwise; "staged" always stages.
+LOAD_METHODS = ("auto", "staged")
 
 
 class AccountingMismatch(RuntimeError):
@@ -85,17 +89,39 @@ def _disposition_counts(dest, table: str) -> dict[str, int]:
 
 
 def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run: bool,
-            options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``options``: the entity's own params (see ``entity_hooks``), kept with the run for its later steps."""
+            options: dict[str, Any] | None = None, load_method: str = "auto") -> dict[str, Any]:
+    """``options``: the entity's own params (see ``entity_hooks``), kept with the run for its later steps.
+    ``load_method``: see ``LOAD_METHODS``."""
+    if load_method not in LOAD_METHODS:
+        raise ValueError(f"load_method={load_method!r}: expected one of {', '.join(LOAD_METHODS)}")
     entity = get(entity_name)
     with db.connection(conns.dest) as dest:
         run = runs.start(dest, entity.name, dag_run_id, mode, dry_run)
         scope = extract_mod.plan_scope(dest, entity, mode)
-        if options:
-            runs.update(dest, run.run_id, report={"options": options})
+        why_staged = "the load_method param says staged"
+        if dry_run:
+            why_staged = "a dry run compares the stage with the destination"
+        elif scope.kind != "all":
+            why_staged = "an incremental run merges its changes"
+        elif load_method == "auto":
+            why_staged = direct.eligibility(dest, entity)
+        method = "staged" if why_staged else "direct"
+        runs.update(dest, run.run_id, report={"options": options or {}, "load_method": method})
         dest.commit()
     log.info("%s: %s run %s%s; scope: %s", entity.name, mode, run.run_id, " (dry run)" if dry_run else "",
              scope.describe())
+    if method == "direct":
+        table = extract_mod.stage_name(run.run_id)
+        with db.connection(conns.dest) as dest:
+            extract_mod.create_stage(dest, entity, table)
+            runs.update(dest, run.run_id, scope=scope.as_dict(), stage_table=table, stage_rows=None,
+                        source_rows=None, load_progress=None)
+            dest.commit()
+        log.info("%s: %s.%s is empty, so the load will stream the transformed source straight into it "
+                 "(direct load); nothing is staged now", entity.name, entity.schema_name, entity.target_table)
+        return {"run_id": run.run_id, "stage_rows": None, "scope": scope.kind, "load_method": method}
+    if scope.kind == "all" and not dry_run:
+        log.info("%s: loading through the stage: %s", entity.name, why_staged)
     try:
         res = extract_mod.extract(conns.legacy, conns.dest, entity, run.run_id, scope)
     except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable, psycopg.errors.DatatypeMismatch,
@@ -117,13 +143,17 @@ def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_r
         raise AccountingMismatch(
             f"{entity.name}: the source has {res.source_rows} rows but {res.rows} reached the stage; "
             "nothing was loaded. Rerun; if it repeats, the transform SQL drops rows (a bug).")
-    return {"run_id": run.run_id, "stage_rows": res.rows, "scope": scope.kind}
+    return {"run_id": run.run_id, "stage_rows": res.rows, "scope": scope.kind, "load_method": method}
 
 
 def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     entity = get(entity_name)
     with db.connection(conns.dest) as dest:
         run = _run(dest, run_id)
+        if is_direct(run):
+            log.info("%s: direct load: the destination checks run inside the load, on the streamed rows",
+                     entity.name)
+            return {"run_id": run_id, "dispositions": {}, "load_method": "direct"}
         counts = load_mod.check_stage(dest, entity, run.stage_table)
         hook = _hook(entity, "on_transform")
         if hook is not None:
@@ -175,18 +205,26 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
         if run.status == "loaded":
             log.info("%s: run %s already loaded; nothing to do", entity.name, run_id)
             return {"run_id": run_id, **run.counts.get("load", {})}
-        _check_stage_intact(dest, run)
-        _refuse_older_stage(dest, run)
+        if not is_direct(run):
+            _check_stage_intact(dest, run)
+            _refuse_older_stage(dest, run)
         if run.load_progress is None:
             wm = runs.watermark(dest, entity.name)
             runs.update(dest, run_id, report={"watermark_before": runs.jsonable(wm.__dict__) if wm else None})
             dest.commit()
-        before, after = _hook(entity, "before_merge"), _hook(entity, "after_merge")
-        if before is not None and run.load_progress is None:
-            before(conns, dest, entity, run)
-        result = load_mod.load(dest, entity, run, batch_size=batch_size, full=run.mode == "full")
-        if after is not None:
-            after(conns, dest, entity, run)
+        if is_direct(run):
+            if run.load_progress != direct.DONE:
+                direct.load(conns, dest, entity, run)
+                run = _run(dest, run_id)
+            result = load_mod.LoadResult(**{k: v for k, v in run.counts["load"].items() if k != "load_seconds"},
+                                         seconds=run.counts["load"]["load_seconds"])
+        else:
+            before, after = _hook(entity, "before_merge"), _hook(entity, "after_merge")
+            if before is not None and run.load_progress is None:
+                before(conns, dest, entity, run)
+            result = load_mod.load(dest, entity, run, batch_size=batch_size, full=run.mode == "full")
+            if after is not None:
+                after(conns, dest, entity, run)
         rate = (result.inserted + result.updated) / result.seconds if result.seconds else 0
         log.info("%s: load done: %s inserted, %s updated, %s deleted in %d chunks, %.2f s (%s rows/s written)",
                  entity.name, _fmt(result.inserted), _fmt(result.updated), _fmt(result.deleted), result.chunks,
@@ -215,6 +253,10 @@ def check_lockdown(conns: Conns) -> None:
                              + " Rerun the bootstrap (python -m include.migration.bootstrap) or fix the grants.")
     log.info("lock-down check: RLS on every public table, owner-only policies, no grants for anon, "
              "migration schema private")
+
+
+def is_direct(run: runs.Run) -> bool:
+    return run.report.get("load_method") == "direct"
 
 
 def _run(dest, run_id: str) -> runs.Run:
@@ -264,14 +306,22 @@ def account(dest, entity: Entity, run: runs.Run, result: load_mod.LoadResult) ->
     """The accounting invariant: in scope = loaded + excluded + quarantined, proven
     against the destination; stored per reason in ``migration.run_accounting``."""
     stage = sql.Identifier("migration_stage", run.stage_table)
-    rows = dest.execute(sql.SQL(
-        "SELECT _disposition, _reason, count(*) FROM {} GROUP BY 1, 2 ORDER BY 1, 2").format(stage)).fetchall()
-    counts = {f"{d}:{r}": n for d, r, n in rows}
-    total = {d: sum(n for dd, _, n in rows if dd == d) for d in ("loaded", "excluded", "quarantined")}
-    present = dest.execute(sql.SQL(
-        "SELECT count(*) FROM {stage} s JOIN {target} t ON t.{key} = s.{key} WHERE s._disposition = 'loaded'"
-    ).format(stage=stage, target=sql.Identifier(entity.schema_name, entity.target_table),
-             key=sql.Identifier(entity.key))).fetchone()[0]
+    target = sql.Identifier(entity.schema_name, entity.target_table)
+    counts = _disposition_counts(dest, run.stage_table)
+    if is_direct(run):
+        # Streamed rows never touched the stage; the table was empty before, so
+        # every row it holds is this run's.
+        streamed = run.counts["direct"]["streamed_loaded"]
+        if streamed:
+            counts["loaded:ok"] = counts.get("loaded:ok", 0) + streamed
+        counts = dict(sorted(counts.items()))
+        present = dest.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0]
+    else:
+        present = dest.execute(sql.SQL(
+            "SELECT count(*) FROM {stage} s JOIN {target} t ON t.{key} = s.{key} WHERE s._disposition = 'loaded'"
+        ).format(stage=stage, target=target, key=sql.Identifier(entity.key))).fetchone()[0]
+    total = {d: sum(n for k, n in counts.items() if k.split(":", 1)[0] == d)
+             for d in ("loaded", "excluded", "quarantined")}
     in_ledgers = dest.execute(sql.SQL(
         "SELECT (SELECT count(*) FROM migration.quarantine q JOIN {stage} s ON s.{key} = q.source_key::{typ} "
         "        WHERE q.entity = %s AND s._disposition = 'quarantined'), "
@@ -327,6 +377,17 @@ def _advance_watermark(dest, entity: Entity, run: runs.Run) -> None:
         else sql.SQL("NULL::text")
     change_ts, max_key = dest.execute(sql.SQL("SELECT max(_change_ts), {} FROM {}").format(
         max_key_expr, stage)).fetchone()
+    if is_direct(run):
+        # Streamed rows: their highest change timestamp came with the stream, their keys are in the table.
+        streamed_ts = run.counts["direct"].get("max_change_ts")
+        if streamed_ts is not None:
+            streamed_ts = datetime.fromisoformat(streamed_ts)
+            change_ts = streamed_ts if change_ts is None else max(change_ts, streamed_ts)
+        if entity.append_only:
+            table_key = dest.execute(sql.SQL("SELECT max({})::text FROM {}").format(
+                sql.Identifier(entity.key), sql.Identifier(entity.schema_name, entity.target_table))).fetchone()[0]
+            if table_key is not None and (max_key is None or int(table_key) > int(max_key)):
+                max_key = table_key
     old = runs.watermark(dest, entity.name)
     last_key = max_key if entity.append_only else None
     if entity.append_only and old and old.last_key and max_key and int(old.last_key) > int(max_key):
@@ -451,9 +512,10 @@ def run_entity(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str = "
                dry_run: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, validate_with_gx: bool = True,
                reconcile_after: bool = True, gate: dict | None = None,
                quarantine_threshold_pct: float = DEFAULT_QUARANTINE_THRESHOLD_PCT,
-               options: dict[str, Any] | None = None) -> dict[str, Any]:
+               options: dict[str, Any] | None = None, load_method: str = "auto") -> dict[str, Any]:
     """Every step of one entity's run, in order, without Airflow (tests, benchmark)."""
-    out = extract(conns, entity_name, dag_run_id, mode=mode, dry_run=dry_run, options=options)
+    out = extract(conns, entity_name, dag_run_id, mode=mode, dry_run=dry_run, options=options,
+                  load_method=load_method)
     run_id = out["run_id"]
     transform(conns, entity_name, run_id)
     if dry_run:

@@ -102,6 +102,7 @@ def _bucket_sums(dsn: str, rows: sql.Composable, entity: Entity) -> dict[str, tu
     ).format(b=_bucket_expr(entity, "t"), h=_row_hash(entity, "t"), rows=rows)
     with db.connection(dsn, application="migration-reconcile") as conn:
         conn.read_only = True
+        db.tune_legacy(conn)
         return {b: (n, int(s)) for b, n, s in conn.execute(query)}
 
 

@@ -64,7 +64,8 @@ def night(world):
 
 
 def stage(conns: pipeline.Conns, dag_run_id: str, mode: str, entity: str = ENTITY) -> str:
-    out = pipeline.extract(conns, entity, dag_run_id, mode=mode, dry_run=False)
+    # Staged: these tests hold the lock between chunk commits.
+    out = pipeline.extract(conns, entity, dag_run_id, mode=mode, dry_run=False, load_method="staged")
     pipeline.transform(conns, entity, out["run_id"])
     return out["run_id"]
 

@@ -103,8 +103,9 @@ def server():
 
 
 def _stage(conns: pipeline.Conns, entity: str) -> None:
-    """Extract and transform (run <entity>:night, full), as the DAG does before its load."""
-    out = pipeline.extract(conns, entity, RUN, mode="full", dry_run=False)
+    """Extract and transform (run <entity>:night, full), as the DAG does before its load.
+    Staged, so the load goes chunk by chunk (test_direct_load.py covers the direct load's faults)."""
+    out = pipeline.extract(conns, entity, RUN, mode="full", dry_run=False, load_method="staged")
     pipeline.transform(conns, entity, out["run_id"])
 
 

@@ -257,7 +257,7 @@ def test_bulk_insert_still_refuses_an_orphan(world):
     seed_rules_world(world.legacy)
     for name in ("users", "agents", "conversations"):
         pipeline.run_entity(world, name, "orph", mode="full", validate_with_gx=False, quarantine_threshold_pct=100)
-    out = pipeline.extract(world, "messages", "orph", mode="full", dry_run=False)
+    out = pipeline.extract(world, "messages", "orph", mode="full", dry_run=False, load_method="staged")
     pipeline.transform(world, "messages", out["run_id"])
     with psycopg.connect(world.dest, autocommit=True) as conn:
         stage = conn.execute("SELECT stage_table FROM migration.runs WHERE run_id = %s", (out["run_id"],)).fetchone()[0]

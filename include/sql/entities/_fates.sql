@@ -23,14 +23,14 @@ user_base AS (
                 WHEN lower(btrim(u.email)) !~ '^[^@[:space:]]+@[^@[:space:].]+(\.[^@[:space:].]+)+$'
                   OR length(btrim(u.email)) > 254
                 THEN 'invalid_email'
-                WHEN u.created_at < k.earliest OR u.created_at > k.latest OR u.updated_at > k.latest
+                WHEN u.created_at < (SELECT earliest FROM clock) OR u.created_at > (SELECT latest FROM clock) OR u.updated_at > (SELECT latest FROM clock)
                 THEN 'implausible_timestamp'
            END AS problem,
-           greatest(CASE WHEN u.created_at <= k.latest THEN u.created_at END,
-                    CASE WHEN u.updated_at <= k.latest THEN u.updated_at END,
-                    CASE WHEN u.deleted_at <= k.latest THEN u.deleted_at END) AS change_ts
+           greatest(CASE WHEN u.created_at <= (SELECT latest FROM clock) THEN u.created_at END,
+                    CASE WHEN u.updated_at <= (SELECT latest FROM clock) THEN u.updated_at END,
+                    CASE WHEN u.deleted_at <= (SELECT latest FROM clock) THEN u.deleted_at END) AS change_ts
     FROM {src_users} u
-    CROSS JOIN clock k
+    -- (clock: read through scalar subqueries, evaluated once)
 ),
 user_fate AS (
     SELECT b.*,
@@ -48,7 +48,7 @@ agent_fate AS (
            CASE WHEN a.owner_id IS NOT NULL AND uf.id IS NULL THEN 'quarantined:owner_missing'
                 WHEN uf.problem = 'soft_deleted' THEN 'excluded:owner_excluded'
                 WHEN uf.problem IS NOT NULL THEN 'quarantined:owner_quarantined'
-                WHEN a.created_at < k.earliest OR a.created_at > k.latest OR a.updated_at > k.latest
+                WHEN a.created_at < (SELECT earliest FROM clock) OR a.created_at > (SELECT latest FROM clock) OR a.updated_at > (SELECT latest FROM clock)
                 THEN 'quarantined:implausible_timestamp'
                 WHEN a.tools IS NULL THEN NULL
                 -- Measured before anything parses it (see messages.sql).
@@ -64,10 +64,10 @@ agent_fate AS (
                 WHEN jsonb_typeof(a.tools::jsonb) <> 'array' THEN 'quarantined:tools_malformed'
            END AS problem,
            uf.survivor_id AS owner_survivor_id,
-           greatest(CASE WHEN a.created_at <= k.latest THEN a.created_at END,
-                    CASE WHEN a.updated_at <= k.latest THEN a.updated_at END, uf.change_ts) AS change_ts
+           greatest(CASE WHEN a.created_at <= (SELECT latest FROM clock) THEN a.created_at END,
+                    CASE WHEN a.updated_at <= (SELECT latest FROM clock) THEN a.updated_at END, uf.change_ts) AS change_ts
     FROM {src_agents} a
-    CROSS JOIN clock k
+    -- (clock: read through scalar subqueries, evaluated once)
     LEFT JOIN user_fate uf ON uf.id = a.owner_id
 ),
 -- conversation_fate.problem: NULL, or why the conversation cannot migrate.
@@ -77,14 +77,14 @@ conversation_fate AS (
                 WHEN uf.problem = 'soft_deleted' THEN 'excluded:user_excluded'
                 WHEN uf.problem IS NOT NULL THEN 'quarantined:user_quarantined'
                 WHEN c.deleted_at IS NOT NULL THEN 'excluded:soft_deleted'
-                WHEN c.created_at < k.earliest OR c.created_at > k.latest OR c.updated_at > k.latest
+                WHEN c.created_at < (SELECT earliest FROM clock) OR c.created_at > (SELECT latest FROM clock) OR c.updated_at > (SELECT latest FROM clock)
                 THEN 'quarantined:implausible_timestamp'
            END AS problem,
            uf.survivor_id AS user_survivor_id,
-           greatest(CASE WHEN c.created_at <= k.latest THEN c.created_at END,
-                    CASE WHEN c.updated_at <= k.latest THEN c.updated_at END,
-                    CASE WHEN c.deleted_at <= k.latest THEN c.deleted_at END, uf.change_ts) AS change_ts
+           greatest(CASE WHEN c.created_at <= (SELECT latest FROM clock) THEN c.created_at END,
+                    CASE WHEN c.updated_at <= (SELECT latest FROM clock) THEN c.updated_at END,
+                    CASE WHEN c.deleted_at <= (SELECT latest FROM clock) THEN c.deleted_at END, uf.change_ts) AS change_ts
     FROM {src_conversations} c
-    CROSS JOIN clock k
+    -- (clock: read through scalar subqueries, evaluated once)
     LEFT JOIN user_fate uf ON uf.id = c.user_id
 )

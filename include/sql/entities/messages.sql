@@ -39,7 +39,7 @@ SELECT
               OR m.role NOT IN ('user', 'assistant', 'system', 'tool', 'bot') OR j.implausible_ts
          THEN to_jsonb(m) END AS _source
 FROM {src_messages} m
-CROSS JOIN clock k
+-- (clock: read through scalar subqueries, evaluated once)
 -- Parse the JSON once per row (OFFSET 0 keeps the planner from inlining it
 -- into every expression that uses it). Its depth is measured first, without
 -- parsing: PostgreSQL's JSON parser recurses, and past its stack limit
@@ -56,7 +56,7 @@ CROSS JOIN LATERAL (
                                  WITH ORDINALITY AS t (b, n)) d) END
                 THEN NULL
                 WHEN pg_input_is_valid(m.metadata, 'jsonb') THEN m.metadata::jsonb END AS parsed,
-           m.created_at < k.earliest OR m.created_at > k.latest AS implausible_ts
+           m.created_at < (SELECT earliest FROM clock) OR m.created_at > (SELECT latest FROM clock) AS implausible_ts
     OFFSET 0
 ) j
 LEFT JOIN conversation_fate cf ON cf.id = m.conversation_id

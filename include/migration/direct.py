@@ -1,0 +1,454 @@
+"""Direct load: a full run into an empty destination table, in one stream.
+
+When the destination table is empty (a backfill's first run) there is
+nothing to merge, compare or image row by row, and writing every row twice
+(stage, then table) is most of a staged load's cost. So the transform runs in
+the legacy database as usual, but its rows go by binary ``COPY`` straight
+into the destination table, in one transaction, the way ``pg_restore`` and
+``pgcopydb`` load a table: the table's indexes, its primary key and the
+foreign keys that point at it are dropped first and built again at the end (a
+sorted index build costs a fraction of maintaining a B-tree row by row), and
+the foreign keys the table holds are checked once, set-based, with their
+per-row triggers off (``session_replication_role = replica``) and the parent
+tables locked against writers (``SHARE``) for the whole transaction.
+
+Rows that need more than their destination columns travel on a side channel.
+Each row of the legacy query carries a first field, its *side*: ``L`` and the
+row's change timestamp for a plain loaded row, or ``S`` and a JSON document
+with the control columns for every other row (excluded, quarantined, or
+loaded with a repair). PostgreSQL sends one CopyData message per row, so the
+relay sees row boundaries without parsing rows: it strips the side field of
+``L`` rows (the destination receives exactly its columns) and spools ``S``
+rows to a temporary file, which then goes into the run's stage. From there on
+the run is a staged run: the same destination checks, ledgers, accounting and
+watermark.
+
+All or nothing: the stream, the destination checks, the index builds and the
+ledgers commit together with the run's progress mark. A crash anywhere before
+that commit leaves the table empty, and the rerun streams again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from include.migration import db, images, runs
+from include.migration.entities import ENTITIES, Entity
+from include.migration.extract import Scope, transform_query
+
+log = logging.getLogger(__name__)
+
+# load_progress of a run whose direct load has committed.
+DONE = "direct"
+SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+HEADER = SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # no flags, no header extension
+TRAILER = b"\xff\xff"
+FLUSH_BYTES = 1 << 20
+PG_EPOCH = datetime(2000, 1, 1)
+NO_TIMESTAMP = -(1 << 63)  # timestamp '-infinity' on the wire
+LOCK_TIMEOUT_ENV = "MIGRATION_DIRECT_LOCK_TIMEOUT"
+
+
+class FramingError(RuntimeError):
+    """The COPY stream did not arrive as one row per message (it always does on PostgreSQL 9.4+)."""
+
+
+# ---------------------------------------------------------------------------
+# When
+
+
+def eligibility(dest: psycopg.Connection, entity: Entity) -> str | None:
+    """None when a full run of ``entity`` may load directly; otherwise why not (one line)."""
+    if not entity.direct_load:
+        return f"{entity.name} loads through the stage (its rows need more than a COPY)"
+    target = f"{entity.schema_name}.{entity.target_table}"
+    row = dest.execute(
+        "SELECT c.relkind, pg_has_role(c.relowner, 'USAGE'), c.relreplident FROM pg_class c "
+        "WHERE c.oid = to_regclass(%s)", (target,)).fetchone()
+    if row is None:
+        return f"{target} does not exist"
+    relkind, owner, replident = row
+    if relkind != "r":
+        return f"{target} is not a plain table"
+    if not owner:
+        return f"the migration role does not own {target} (it must drop and rebuild its indexes)"
+    if replident == "i":
+        return f"{target} uses an index as its replica identity"
+    referrers = dest.execute(
+        "SELECT conrelid::regclass::text FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid "
+        "WHERE c.contype = 'f' AND c.confrelid = to_regclass(%s) AND NOT pg_has_role(r.relowner, 'USAGE')",
+        (target,)).fetchall()
+    if referrers:
+        return f"the migration role does not own {referrers[0][0]}, whose foreign key points at {target}"
+    types = dict(dest.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+        "AND attnum > 0 AND NOT attisdropped", (target,)).fetchall())
+    for name, typ in entity.columns:
+        if types.get(name) != _canonical_type(dest, typ):
+            return f"{target}.{name} is {types.get(name) or 'missing'}, the mapping writes {typ}"
+    if dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(_target(entity))).fetchone()[0]:
+        return f"{target} already holds rows"
+    try:
+        with dest.transaction():
+            dest.execute("SET LOCAL session_replication_role = replica")
+    except psycopg.errors.InsufficientPrivilege:
+        return "the migration role may not set session_replication_role"
+    return None
+
+
+def _canonical_type(dest: psycopg.Connection, typ: str) -> str:
+    return dest.execute("SELECT format_type(%s::regtype, NULL)", (typ,)).fetchone()[0]
+
+
+def _target(entity: Entity) -> sql.Identifier:
+    return sql.Identifier(entity.schema_name, entity.target_table)
+
+
+def _stage(table: str) -> sql.Identifier:
+    return sql.Identifier("migration_stage", table)
+
+
+# ---------------------------------------------------------------------------
+# The legacy query
+
+
+def side_query(entity: Entity) -> sql.Composed:
+    """The transform, every row led by the control columns and its side field
+    (see the module's docstring and ``relay``)."""
+    plain = sql.SQL("t._disposition = 'loaded' AND cardinality(t._repairs) = 0")
+    return sql.SQL(
+        "SELECT {control}, CASE WHEN {plain} "
+        "THEN timestamp_send(coalesce(t._change_ts::timestamp, '-infinity')) || int2send({fields}::int2) "
+        "ELSE '\\x53'::bytea END, {cols} FROM ({transform}) t"
+    ).format(
+        control=sql.SQL(", ").join(sql.SQL("CASE WHEN {} THEN NULL ELSE t.{}::{} END").format(
+            plain, sql.Identifier(c), sql.SQL(typ)) for c, typ in control_columns(entity)),
+        plain=plain, fields=sql.Literal(len(entity.columns)),
+        cols=sql.SQL(", ").join(sql.SQL("t.{}::{}").format(sql.Identifier(n), sql.SQL(typ))
+                                for n, typ in entity.columns),
+        transform=transform_query(entity, Scope(kind="all")),
+    )
+
+
+def control_columns(entity: Entity) -> list[tuple[str, str]]:
+    return [(c, t) for c, t in entity.stage_columns if c not in entity.column_names]
+
+
+# ---------------------------------------------------------------------------
+# The relay
+
+
+@dataclass
+class Relayed:
+    loaded: int = 0
+    side: int = 0
+    bytes: int = 0
+    max_change_us: int = NO_TIMESTAMP
+
+    @property
+    def max_change_ts(self) -> datetime | None:
+        if self.max_change_us == NO_TIMESTAMP:
+            return None
+        return PG_EPOCH + timedelta(microseconds=self.max_change_us)
+
+
+def relay(rows: Any, into: Any, spool: Any, fields: int, control: int) -> Relayed:
+    """Copy the side query's binary rows: ``L`` rows into ``into`` without their
+    control and side fields, ``S`` rows whole into ``spool``. ``fields``: the
+    destination's column count; ``control``: the control columns' count.
+
+    An ``L`` row is [field count][control: NULL each, 4 bytes][side: length 10,
+    change timestamp (8 bytes), ``fields`` (2 bytes)][the destination's fields].
+    The side's last 2 bytes are the field count the destination expects, so the
+    row minus its first ``skip`` bytes is exactly the destination's row. An
+    ``S`` row's first control column (the disposition) is never NULL. This loop
+    runs once per row; keep it lean.
+    """
+    out = bytearray(HEADER)
+    spool.write(HEADER)
+    count = fields.to_bytes(2, "big")
+    l_head = (fields + control + 1).to_bytes(2, "big") + b"\xff\xff\xff\xff" * control + (10).to_bytes(4, "big")
+    ts_at = len(l_head)
+    skip = ts_at + 8
+    top_us = NO_TIMESTAMP  # the largest change timestamp seen (microseconds since 2000)
+    from_bytes = int.from_bytes
+    loaded = side = total = 0
+    first, ended = True, False
+    for block in rows:
+        if block[:ts_at] == l_head:
+            value = from_bytes(block[ts_at:skip], "big", signed=True)
+            if value > top_us:
+                top_us = value
+            out += block[skip:]
+            loaded += 1
+            if len(out) >= FLUSH_BYTES:
+                total += len(out)
+                into.write(out)
+                out = bytearray()
+            continue
+        if first:
+            if block[:11] != SIGNATURE:
+                raise FramingError("the legacy COPY stream does not start with the binary COPY signature")
+            extension = int.from_bytes(block[15:19], "big")
+            first = False
+            rest = bytes(block[19 + extension:])
+            if not rest:
+                continue
+            if rest.startswith(l_head) or rest == TRAILER or rest[:2] == l_head[:2]:
+                # The first row shares its message with the header: handle it as its own.
+                sub = relay_one(rest, l_head, skip)
+                if sub is TRAILER:
+                    ended = True
+                elif sub is None:
+                    spool.write(rest)
+                    side += 1
+                else:
+                    ts, row = sub
+                    value = int.from_bytes(ts, "big", signed=True)
+                    top_us = max(top_us, value)
+                    out += row
+                    loaded += 1
+                continue
+            raise FramingError(f"a legacy COPY message that is not one row of {fields + control + 1} fields")
+        if block == TRAILER:
+            ended = True
+            continue
+        if ended:
+            raise FramingError("data after the end of the legacy COPY stream")
+        if block[:2] == l_head[:2]:
+            spool.write(block)
+            side += 1
+            continue
+        raise FramingError(f"a legacy COPY message that is not one row of {fields + control + 1} fields")
+    if not ended:
+        raise FramingError("the legacy COPY stream ended without its trailer")
+    out += TRAILER
+    total += len(out)
+    into.write(out)
+    spool.write(TRAILER)
+    return Relayed(loaded=loaded, side=side, bytes=total, max_change_us=top_us)
+
+
+def relay_one(row: bytes, l_head: bytes, skip: int) -> Any:
+    """One row outside the loop: TRAILER, None for an S row, or (timestamp bytes, destination row)."""
+    if row == TRAILER:
+        return TRAILER
+    if row.startswith(l_head):
+        return row[len(l_head):skip], row[skip:]
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Indexes and constraints: dropped before the stream, built after it
+
+
+@dataclass
+class Detached:
+    """What was dropped, and the statements that put it back (in order)."""
+
+    drops: list[sql.Composable]
+    rebuilds: list[sql.Composable]
+    names: list[str]
+
+
+def detach(dest: psycopg.Connection, entity: Entity) -> Detached:
+    target = f"{entity.schema_name}.{entity.target_table}"
+    ident = _target(entity)
+    drops: list[sql.Composable] = []
+    rebuilds_fk: list[sql.Composable] = []
+    rebuilds: list[sql.Composable] = []
+    names: list[str] = []
+    # Foreign keys that point at the table (they depend on its primary key).
+    for conname, schema, table, definition in dest.execute(
+            "SELECT c.conname, n.nspname, r.relname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+            "JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace n ON n.oid = r.relnamespace "
+            "WHERE c.contype = 'f' AND c.confrelid = to_regclass(%s) ORDER BY c.conname", (target,)).fetchall():
+        table_ident = sql.Identifier(schema, table)
+        drops.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table_ident, sql.Identifier(conname)))
+        rebuilds_fk.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            table_ident, sql.Identifier(conname), sql.SQL(definition)))
+        names.append(f"{schema}.{table}.{conname}")
+    # Constraints backed by an index (primary key, unique, exclusion).
+    for conname, definition in dest.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = to_regclass(%s) "
+            "AND contype IN ('p', 'u', 'x') ORDER BY contype, conname", (target,)).fetchall():
+        drops.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(ident, sql.Identifier(conname)))
+        rebuilds.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            ident, sql.Identifier(conname), sql.SQL(definition)))
+        names.append(conname)
+    # Plain indexes.
+    for index, definition in dest.execute(
+            "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            "WHERE i.indrelid = to_regclass(%s) AND NOT EXISTS "
+            "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid) "
+            "ORDER BY 1", (target,)).fetchall():
+        name = index.split(".")[-1].strip('"')
+        drops.append(sql.SQL("DROP INDEX {}").format(sql.Identifier(entity.schema_name, name)))
+        rebuilds.append(sql.SQL(definition))
+        names.append(name)
+    return Detached(drops, rebuilds + rebuilds_fk, names)
+
+
+# ---------------------------------------------------------------------------
+# The load
+
+
+def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) -> dict[str, Any]:
+    """Stream, check, index, ledger; commit once. ``dest`` holds the entity's lock.
+    Returns the direct load's figures (also stored in the run's counts)."""
+    from include.migration import load as load_mod
+
+    assert run.stage_table is not None
+    started = time.perf_counter()
+    target = _target(entity)
+    fields = len(entity.columns)
+    timeout = os.environ.get(LOCK_TIMEOUT_ENV) or "60s"
+    dest.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(timeout)))
+    try:
+        for ref in entity.parents:
+            # The parents stay put while this transaction runs: nothing deletes a row
+            # the checks below found, as the foreign-key triggers would ensure.
+            dest.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(_target(ENTITIES[ref.parent])))
+        dest.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target))
+    except psycopg.errors.LockNotAvailable:
+        raise RuntimeError(
+            f"{entity.name}: the direct load waited {timeout} for its table locks ({entity.target_table} and its "
+            "parents) and gave up; another session is using them. Nothing was written; retry the load.") from None
+    if dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(target)).fetchone()[0]:
+        raise RuntimeError(
+            f"{entity.name}: {entity.schema_name}.{entity.target_table} was empty when this run was extracted but "
+            "now holds rows (another run loaded it). Nothing was written. Clear this DAG run from its extract "
+            "task: it will stage and merge.")
+    dest.execute("SET LOCAL session_replication_role = replica")
+    dest.execute("SET LOCAL maintenance_work_mem = '256MB'")
+    detached = detach(dest, entity)
+    for statement in detached.drops:
+        dest.execute(statement)
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in entity.column_names)
+    stream_started = time.perf_counter()
+    with db.connection(conns.legacy, application="migration-direct") as src, \
+            tempfile.TemporaryFile(prefix="migration-side-") as spool:
+        src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        src.read_only = True
+        snapshot_at = src.execute("SELECT now()").fetchone()[0]
+        db.tune_legacy(src)
+        with src.cursor() as rcur, dest.cursor() as wcur:
+            with rcur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(side_query(entity))) as rows, \
+                    wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, columns)) as into:
+                relayed = relay(db.copy_rows(rows), into, spool, fields, len(control_columns(entity)))
+        source_rows = src.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier("public", entity.source_table))).fetchone()[0]
+        src.commit()
+        stream_seconds = time.perf_counter() - stream_started
+        log.info("%s: streamed %s rows from %s in %.2f s (%s rows/s, %.1f MB): %s straight into %s, %s to the "
+                 "stage (excluded, quarantined or repaired)", entity.name, f"{relayed.loaded + relayed.side:,}",
+                 db.describe(conns.legacy), stream_seconds,
+                 f"{int((relayed.loaded + relayed.side) / stream_seconds):,}" if stream_seconds else "-",
+                 relayed.bytes / 1e6, f"{relayed.loaded:,}", f"{entity.schema_name}.{entity.target_table}",
+                 f"{relayed.side:,}")
+        spool.seek(0)
+        mark = time.perf_counter()
+        _unspool(dest, entity, run.stage_table, spool)
+        steps = {"stream": stream_seconds, "unspool": time.perf_counter() - mark}
+    # The destination's own checks: first on the staged rows, then on the streamed ones.
+    mark = time.perf_counter()
+    load_mod.check_stage(dest, entity, run.stage_table, commit=False)
+    moved = _quarantine_orphans(dest, entity, run.stage_table)
+    repaired = dest.execute(sql.SQL(
+        "INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} WHERE _disposition = 'loaded'").format(
+        target=target, cols=columns, stage=_stage(run.stage_table))).rowcount
+    dest.execute("SET LOCAL session_replication_role = origin")
+    steps["destination checks"] = time.perf_counter() - mark
+    repairs = load_mod.repair_counts(dest, run.stage_table)
+    log.info("%s: destination checks: %d streamed rows quarantined (parent not in the destination); %d repaired "
+             "rows loaded from the stage; repaired: %s", entity.name, moved, repaired,
+             ", ".join(f"{k} {v}" for k, v in repairs.items()) or "none")
+    build_started = time.perf_counter()
+    for statement in detached.rebuilds:
+        dest.execute(statement)
+    build_seconds = time.perf_counter() - build_started
+    steps["index builds"] = build_seconds
+    mark = time.perf_counter()
+    log.info("%s: rebuilt %d indexes and constraints (%s) in %.2f s", entity.name, len(detached.names),
+             ", ".join(detached.names), build_seconds)
+    load_mod.record_ledgers(dest, entity, run.stage_table, run.run_id)
+    _clean_ledgers(dest, entity, run.stage_table)
+    images.record_insert_range(dest, run.run_id, entity.schema_name, entity.target_table, None, None)
+    steps["ledgers"] = time.perf_counter() - mark
+    inserted = relayed.loaded - moved + repaired
+    figures = {"streamed_loaded": relayed.loaded - moved, "streamed_side": relayed.side,
+               "moved_to_quarantine": moved, "repaired_loaded": repaired, "bytes": relayed.bytes,
+               "max_change_ts": relayed.max_change_ts.isoformat() if relayed.max_change_ts else None,
+               "steps": {k: round(v, 3) for k, v in steps.items()}, "rebuilt": detached.names}
+    seconds = time.perf_counter() - started
+    runs.update(dest, run.run_id, load_progress=DONE, stage_rows=relayed.loaded + relayed.side,
+                source_rows=source_rows,
+                counts={"direct": figures, "extract_seconds": stream_seconds,
+                        "load": {"inserted": inserted, "updated": 0, "deleted": 0, "chunks": 1,
+                                 "load_seconds": round(seconds, 3)}},
+                report={"extracted_at": snapshot_at.isoformat(), "repaired": repairs})
+    dest.commit()
+    log.info("%s: direct load committed: %s rows inserted in %.2f s (%s)", entity.name, f"{inserted:,}", seconds,
+             ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
+    return figures
+
+
+def _unspool(dest: psycopg.Connection, entity: Entity, stage_table: str, spool: Any) -> None:
+    """The side rows into the stage."""
+    control = control_columns(entity)
+    side = sql.Identifier("migration_side")
+    dest.execute(sql.SQL("CREATE TEMPORARY TABLE {} ({}, _side bytea, {}) ON COMMIT DROP").format(
+        side, *(sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in columns)
+                for columns in (control, entity.columns))))
+    with dest.cursor() as cur, cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(side)) as into:
+        while block := spool.read(FLUSH_BYTES):
+            into.write(block)
+    names = sql.SQL(", ").join(sql.Identifier(c) for c, _ in entity.stage_columns)
+    dest.execute(sql.SQL("INSERT INTO {stage} ({names}) SELECT {names} FROM {side}").format(
+        stage=_stage(stage_table), names=names, side=side))
+    dest.execute(sql.SQL("DROP TABLE {}").format(side))
+    # The ledgers and the accounting join the stage on the key.
+    dest.execute(sql.SQL("CREATE INDEX ON {} ({})").format(_stage(stage_table), sql.Identifier(entity.key)))
+    dest.execute(sql.SQL("ANALYZE {} ({}, _disposition)").format(_stage(stage_table), sql.Identifier(entity.key)))
+
+
+def _quarantine_orphans(dest: psycopg.Connection, entity: Entity, stage_table: str) -> int:
+    """Streamed rows whose parent is not in the destination move to the stage, quarantined
+    (the staged path's ``check_stage`` rule, applied to the table). Returns how many."""
+    moved = 0
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in entity.column_names)
+    for ref in entity.parents:
+        parent = ENTITIES[ref.parent]
+        moved += dest.execute(sql.SQL(
+            "WITH gone AS (DELETE FROM {target} t WHERE t.{col} IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM {parent} p WHERE p.{pkey} = t.{col}) RETURNING t.*) "
+            "INSERT INTO {stage} ({cols}, _disposition, _reason, _repairs, _source) "
+            "SELECT {cols}, 'quarantined', {reason}, '{{}}', to_jsonb(gone) FROM gone").format(
+            target=_target(entity), col=sql.Identifier(ref.column), parent=_target(parent),
+            pkey=sql.Identifier(parent.key), stage=_stage(stage_table), cols=cols,
+            reason=sql.Literal(f"{ref.parent}_not_in_destination"))).rowcount
+    if moved:
+        log.warning("%s: %d streamed rows reference a parent the destination does not hold; quarantined",
+                    entity.name, moved)
+    return moved
+
+
+def _clean_ledgers(dest: psycopg.Connection, entity: Entity, stage_table: str) -> None:
+    """Ledger rows of keys that now load (streamed, so not in the stage), or that left the source."""
+    key, typ = sql.Identifier(entity.key), sql.SQL(entity.key_type)
+    for ledger in ("quarantine", "exclusions"):
+        dest.execute(sql.SQL(
+            "DELETE FROM migration.{ledger} q WHERE q.entity = {entity} AND ("
+            "EXISTS (SELECT 1 FROM {target} t WHERE t.{key} = q.source_key::{typ}) OR NOT EXISTS "
+            "(SELECT 1 FROM {stage} s WHERE s.{key} = q.source_key::{typ}))").format(
+            ledger=sql.Identifier(ledger), entity=sql.Literal(entity.name), target=_target(entity), key=key,
+            typ=typ, stage=_stage(stage_table)))
