@@ -30,6 +30,10 @@ def entity_params() -> dict[str, Param]:
         "dry_run": Param(False, type="boolean", description=(
             "Report what would be inserted / updated / unchanged / excluded / quarantined, and write "
             "nothing to the destination tables.")),
+        "load_method": Param("auto", enum=list(pipeline.LOAD_METHODS), description=(
+            "auto: a full run into an empty destination table streams straight into it (the backfill's "
+            "fast path: one transaction, indexes rebuilt after); anything else is staged and merged in "
+            "chunks. staged: always stage (chunk-by-chunk progress; the table stays readable).")),
         "batch_size": Param(pipeline.DEFAULT_BATCH_SIZE, type="integer", minimum=100, maximum=1_000_000,
                             description="Rows per load chunk; each chunk commits in its own transaction."),
         "quarantine_threshold_pct": Param(pipeline.DEFAULT_QUARANTINE_THRESHOLD_PCT, type="number", minimum=0,
@@ -113,7 +117,8 @@ def entity_dag(name: str, doc: str | None) -> Any:
             options = {key: context["params"][key] for key in extra}
             try:
                 return pipeline.extract(pipeline.Conns.from_airflow(), name, context["run_id"], mode=mode,
-                                        dry_run=resolve_dry_run(context), options=options or None)
+                                        dry_run=resolve_dry_run(context), options=options or None,
+                                        load_method=context["params"]["load_method"])
             except pipeline.SchemaMismatch as exc:
                 _fail(exc)
                 raise

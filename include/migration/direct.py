@@ -208,7 +208,8 @@ def relay(rows: Any, into: Any, spool: Any, fields: int, control: int) -> Relaye
                 sub = relay_one(rest, l_head, skip)
                 if sub is TRAILER:
                     ended = True
-                elif sub is None:
+                    break
+                if sub is None:
                     spool.write(rest)
                     side += 1
                 else:
@@ -221,9 +222,7 @@ def relay(rows: Any, into: Any, spool: Any, fields: int, control: int) -> Relaye
             raise FramingError(f"a legacy COPY message that is not one row of {fields + control + 1} fields")
         if block == TRAILER:
             ended = True
-            continue
-        if ended:
-            raise FramingError("data after the end of the legacy COPY stream")
+            break
         if block[:2] == l_head[:2]:
             spool.write(block)
             side += 1
@@ -231,6 +230,8 @@ def relay(rows: Any, into: Any, spool: Any, fields: int, control: int) -> Relaye
         raise FramingError(f"a legacy COPY message that is not one row of {fields + control + 1} fields")
     if not ended:
         raise FramingError("the legacy COPY stream ended without its trailer")
+    for _ in rows:
+        raise FramingError("data after the end of the legacy COPY stream")
     out += TRAILER
     total += len(out)
     into.write(out)
