@@ -256,12 +256,14 @@ def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
     changing_keys = sql.SQL("SELECT s.{key} FROM {stage} s JOIN {target} t ON t.{key} = s.{key} "
                             "WHERE s._disposition = 'loaded' AND {where} AND {diff}").format(
         key=key, stage=stage, target=target, where=where, diff=_distinct_condition(entity, "t", "s"))
-    changing = sql.SQL("t.{} IN ({})").format(key, changing_keys)
+    # ARRAY(...): the changed keys are found once (an init plan), then fetched by the
+    # primary key; as "IN (subquery)" the planner may scan the whole table instead.
+    changing = sql.SQL("t.{} = ANY(ARRAY({}))").format(key, changing_keys)
     images.image_updates(dest, run_id, entity.schema_name, entity.target_table, changing)
     if entity.name == "users":
         images.image_updates(dest, run_id, "auth", "users", changing)
         images.image_updates(dest, run_id, "auth", "identities",
-                             sql.SQL("t.user_id IN ({})").format(changing_keys))
+                             sql.SQL("t.user_id = ANY(ARRAY({}))").format(changing_keys))
         _upsert_auth(dest, table, where)
     row = dest.execute(
         sql.SQL(
