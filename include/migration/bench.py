@@ -994,10 +994,12 @@ def explain_transform(legacy: str, entity_name: str) -> list[str]:
     query = transform_query(get(entity_name), Scope(kind="all"))
     with db.connection(legacy) as conn:
         conn.read_only = True
+        db.tune_legacy(conn)  # the settings the pipeline's own legacy sessions run with
         try:
             rows = conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS, SERIALIZE BINARY) ") + query).fetchall()
         except psycopg.Error:  # before PostgreSQL 17: no SERIALIZE
             conn.rollback()
+            db.tune_legacy(conn)
             rows = conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ") + query).fetchall()
     return [r[0] for r in rows]
 

@@ -451,6 +451,7 @@ def expected_rows(conns: Conns, entity: Entity) -> int:
     query = extract_mod.transform_query(entity, extract_mod.Scope(kind="all"))
     with db.connection(conns.legacy) as legacy:
         legacy.read_only = True
+        db.tune_legacy(legacy)
         keys_loaded = legacy.execute(sql.SQL(
             "SELECT count(*) FROM ({}) t WHERE t._disposition = 'loaded'").format(query)).fetchone()[0]
     with db.connection(conns.dest) as dest:

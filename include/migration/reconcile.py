@@ -112,6 +112,7 @@ def _row_hashes(dsn: str, rows: sql.Composable, entity: Entity, buckets: list[st
         b=_bucket_expr(entity, "t"), buckets=sql.Literal(buckets))
     with db.connection(dsn, application="migration-reconcile") as conn:
         conn.read_only = True
+        db.tune_legacy(conn)
         return dict(conn.execute(query).fetchall())
 
 
