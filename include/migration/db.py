@@ -9,11 +9,10 @@ connection without its secret.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
-from urllib.parse import quote, urlsplit, urlunsplit
-
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql

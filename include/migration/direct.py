@@ -30,6 +30,7 @@ that commit leaves the table empty, and the rerun streams again.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
@@ -76,19 +77,9 @@ def eligibility(dest: psycopg.Connection, entity: Entity) -> str | None:
         "WHERE c.oid = to_regclass(%s)", (target,)).fetchone()
     if row is None:
         return f"{target} does not exist"
-    relkind, owner, replident = row
-    if relkind != "r":
-        return f"{target} is not a plain table"
-    if not owner:
-        return f"the migration role does not own {target} (it must drop and rebuild its indexes)"
-    if replident == "i":
-        return f"{target} uses an index as its replica identity"
-    referrers = dest.execute(
-        "SELECT conrelid::regclass::text FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid "
-        "WHERE c.contype = 'f' AND c.confrelid = to_regclass(%s) AND NOT pg_has_role(r.relowner, 'USAGE')",
-        (target,)).fetchall()
-    if referrers:
-        return f"the migration role does not own {referrers[0][0]}, whose foreign key points at {target}"
+    problem = _table_problem(dest, target, *row)
+    if problem:
+        return problem
     types = dict(dest.execute(
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
         "AND attnum > 0 AND NOT attisdropped", (target,)).fetchall())
@@ -102,6 +93,23 @@ def eligibility(dest: psycopg.Connection, entity: Entity) -> str | None:
             dest.execute("SET LOCAL session_replication_role = replica")
     except psycopg.errors.InsufficientPrivilege:
         return "the migration role may not set session_replication_role"
+    return None
+
+
+def _table_problem(dest: psycopg.Connection, target: str, relkind: str, owner: bool, replident: str) -> str | None:
+    """What about the table itself (kind, ownership) forbids a direct load, or None."""
+    if relkind != "r":
+        return f"{target} is not a plain table"
+    if not owner:
+        return f"the migration role does not own {target} (it must drop and rebuild its indexes)"
+    if replident == "i":
+        return f"{target} uses an index as its replica identity"
+    referrers = dest.execute(
+        "SELECT conrelid::regclass::text FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid "
+        "WHERE c.contype = 'f' AND c.confrelid = to_regclass(%s) AND NOT pg_has_role(r.relowner, 'USAGE')",
+        (target,)).fetchall()
+    if referrers:
+        return f"the migration role does not own {referrers[0][0]}, whose foreign key points at {target}"
     return None
 
 
@@ -170,20 +178,22 @@ def relay(rows: Any, into: Any, spool: Any, fields: int, control: int) -> Relaye
     change timestamp (8 bytes), ``fields`` (2 bytes)][the destination's fields].
     The side's last 2 bytes are the field count the destination expects, so the
     row minus its first ``skip`` bytes is exactly the destination's row. An
-    ``S`` row's first control column (the disposition) is never NULL. This loop
+    ``S`` row's first control column (the disposition) is never NULL. The loop
     runs once per row; keep it lean.
     """
+    rows = iter(rows)
+    first = _after_header(next(rows, b""))
     out = bytearray(HEADER)
     spool.write(HEADER)
-    count = fields.to_bytes(2, "big")
-    l_head = (fields + control + 1).to_bytes(2, "big") + b"\xff\xff\xff\xff" * control + (10).to_bytes(4, "big")
+    count = (fields + control + 1).to_bytes(2, "big")
+    l_head = count + b"\xff\xff\xff\xff" * control + (10).to_bytes(4, "big")
     ts_at = len(l_head)
     skip = ts_at + 8
     top_us = NO_TIMESTAMP  # the largest change timestamp seen (microseconds since 2000)
     from_bytes = int.from_bytes
     loaded = side = total = 0
-    first, ended = True, False
-    for block in rows:
+    ended = False
+    for block in itertools.chain([first] if first else [], rows):
         if block[:ts_at] == l_head:
             value = from_bytes(block[ts_at:skip], "big", signed=True)
             if value > top_us:
@@ -194,40 +204,14 @@ def relay(rows: Any, into: Any, spool: Any, fields: int, control: int) -> Relaye
                 total += len(out)
                 into.write(out)
                 out = bytearray()
-            continue
-        if first:
-            if block[:11] != SIGNATURE:
-                raise FramingError("the legacy COPY stream does not start with the binary COPY signature")
-            extension = int.from_bytes(block[15:19], "big")
-            first = False
-            rest = bytes(block[19 + extension:])
-            if not rest:
-                continue
-            if rest.startswith(l_head) or rest == TRAILER or rest[:2] == l_head[:2]:
-                # The first row shares its message with the header: handle it as its own.
-                sub = relay_one(rest, l_head, skip)
-                if sub is TRAILER:
-                    ended = True
-                    break
-                if sub is None:
-                    spool.write(rest)
-                    side += 1
-                else:
-                    ts, row = sub
-                    value = int.from_bytes(ts, "big", signed=True)
-                    top_us = max(top_us, value)
-                    out += row
-                    loaded += 1
-                continue
-            raise FramingError(f"a legacy COPY message that is not one row of {fields + control + 1} fields")
-        if block == TRAILER:
-            ended = True
-            break
-        if block[:2] == l_head[:2]:
+        elif block[:2] == count:
             spool.write(block)
             side += 1
-            continue
-        raise FramingError(f"a legacy COPY message that is not one row of {fields + control + 1} fields")
+        elif block == TRAILER:
+            ended = True
+            break
+        else:
+            raise FramingError(f"a legacy COPY message that is not one row of {fields + control + 1} fields")
     if not ended:
         raise FramingError("the legacy COPY stream ended without its trailer")
     for _ in rows:
@@ -239,13 +223,13 @@ def relay(rows: Any, into: Any, spool: Any, fields: int, control: int) -> Relaye
     return Relayed(loaded=loaded, side=side, bytes=total, max_change_us=top_us)
 
 
-def relay_one(row: bytes, l_head: bytes, skip: int) -> Any:
-    """One row outside the loop: TRAILER, None for an S row, or (timestamp bytes, destination row)."""
-    if row == TRAILER:
-        return TRAILER
-    if row.startswith(l_head):
-        return row[len(l_head):skip], row[skip:]
-    return None
+def _after_header(message: Any) -> bytes:
+    """The first message without the binary COPY header (PostgreSQL sends the first row with it)."""
+    message = bytes(message)
+    if message[:11] != SIGNATURE:
+        raise FramingError("the legacy COPY stream does not start with the binary COPY signature")
+    extension = int.from_bytes(message[15:19], "big")
+    return message[19 + extension:]
 
 
 # ---------------------------------------------------------------------------

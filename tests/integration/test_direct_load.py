@@ -13,7 +13,7 @@ import pytest
 from include.migration import direct, pipeline, rollback
 from include.migration.entities import get
 from tests import faults
-from tests.integration.test_relational_pipeline import C, RELATIONAL, seed_rules_world
+from tests.integration.test_relational_pipeline import RELATIONAL, C, seed_rules_world
 
 pytestmark = pytest.mark.integration
 
