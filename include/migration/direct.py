@@ -70,7 +70,7 @@ class FramingError(RuntimeError):
 def eligibility(dest: psycopg.Connection, entity: Entity) -> str | None:
     """None when a full run of ``entity`` may load directly; otherwise why not (one line)."""
     if not entity.direct_load:
-        return f"{entity.name} loads through the stage (its rows need more than a COPY)"
+        return "its rows need more than one COPY (Auth accounts, files)"
     target = f"{entity.schema_name}.{entity.target_table}"
     row = dest.execute(
         "SELECT c.relkind, pg_has_role(c.relowner, 'USAGE'), c.relreplident FROM pg_class c "
