@@ -316,8 +316,14 @@ def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) ->
     dest.execute("SET LOCAL session_replication_role = replica")
     dest.execute("SET LOCAL maintenance_work_mem = '256MB'")
     detached = detach(dest, entity)
-    for statement in detached.drops:
-        dest.execute(statement)
+    try:
+        for statement in detached.drops:  # a foreign key into the table also locks its own table
+            dest.execute(statement)
+    except psycopg.errors.LockNotAvailable:
+        raise RuntimeError(
+            f"{entity.name}: the direct load waited {timeout} for a table whose foreign key points at "
+            f"{entity.target_table} ({', '.join(detached.names)}) and gave up; another session is using it. "
+            "Nothing was written; retry the load.") from None
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in entity.column_names)
     stream_started = time.perf_counter()
     with db.connection(conns.legacy, application="migration-direct") as src, \
