@@ -158,7 +158,8 @@ def extract(legacy_dsn: str, dest_dsn: str, entity: Entity, run_id: str, scope: 
         # an index and fresh statistics turn each chunk into a range scan.
         stage = sql.Identifier("migration_stage", table)
         dst.execute(sql.SQL("CREATE INDEX ON {} ({})").format(stage, sql.Identifier(entity.key)))
-        dst.execute(sql.SQL("ANALYZE {}").format(stage))
+        # Statistics of the columns the load's queries filter and join on (not the wide ones).
+        dst.execute(sql.SQL("ANALYZE {} ({}, _disposition, _reason)").format(stage, sql.Identifier(entity.key)))
         source_rows = None
         if scope.kind == "all" and scope.key_range is None:
             # Same snapshot as the COPY: the stage must hold every source row.
