@@ -533,22 +533,13 @@ def step_limit(legacy: str, dest: str, entity: str) -> dict:
     from include.migration import db
 
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in _legacy_columns(entity))
-    copied = 0
     with psycopg.connect(legacy) as src, psycopg.connect(dest) as dst:
         with src.cursor() as rcur, dst.cursor() as wcur:
             with rcur.copy(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT BINARY)").format(
                     cols, sql.Identifier("public", entity))) as out, \
                     wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
                         sql.Identifier("bench_limit", entity), cols)) as into:
-                buffer = bytearray()
-                for block in db.copy_rows(out):
-                    buffer += block
-                    if len(buffer) >= 1 << 20:
-                        into.write(buffer)
-                        copied += len(buffer)
-                        buffer = bytearray()
-                into.write(buffer)
-                copied += len(buffer)
+                copied = db.relay_copy(out, into)
             rows = wcur.rowcount
         dst.commit()
     return {"rows": rows, "bytes_copied": copied}

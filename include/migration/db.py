@@ -121,6 +121,23 @@ def copy_rows(copy: psycopg.Copy) -> Iterator[memoryview]:
         raise RuntimeError("data after the binary COPY trailer")
 
 
+def relay_copy(out: psycopg.Copy, into: psycopg.Copy, block_bytes: int = 1 << 20) -> int:
+    """Stream a binary ``COPY ... TO STDOUT`` into a ``COPY ... FROM STDIN``, in
+    ``block_bytes`` writes (not one per row); returns the bytes relayed."""
+    copied = 0
+    buffer = bytearray()
+    for row in copy_rows(out):
+        buffer += row
+        if len(buffer) >= block_bytes:
+            into.write(buffer)
+            copied += len(buffer)
+            buffer = bytearray()
+    if buffer:
+        into.write(buffer)
+        copied += len(buffer)
+    return copied
+
+
 def sqlalchemy_url(dsn: str) -> str:
     """The same DSN in SQLAlchemy's form (used by Great Expectations)."""
     return "postgresql+psycopg2://" + dsn.split("://", 1)[1]

@@ -43,6 +43,8 @@ import psycopg
 from psycopg import sql
 
 from include.migration import db, images, runs
+from include.migration import load as load_mod
+from include.migration.load import stage_ident, target_ident
 from include.migration.entities import ENTITIES, Entity
 from include.migration.extract import Scope, transform_query
 
@@ -50,9 +52,8 @@ log = logging.getLogger(__name__)
 
 # load_progress of a run whose direct load has committed.
 DONE = "direct"
-SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+SIGNATURE, TRAILER = db.BINARY_SIGNATURE, db.BINARY_TRAILER
 HEADER = SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # no flags, no header extension
-TRAILER = b"\xff\xff"
 FLUSH_BYTES = 1 << 20
 PG_EPOCH = datetime(2000, 1, 1)
 NO_TIMESTAMP = -(1 << 63)  # timestamp '-infinity' on the wire
@@ -69,7 +70,7 @@ class FramingError(RuntimeError):
 
 def eligibility(dest: psycopg.Connection, entity: Entity) -> str | None:
     """None when a full run of ``entity`` may load directly; otherwise why not (one line)."""
-    if not entity.direct_load:
+    if not entity.plain:
         return "its rows need more than one COPY (Auth accounts, files)"
     target = f"{entity.schema_name}.{entity.target_table}"
     row = dest.execute(
@@ -83,10 +84,13 @@ def eligibility(dest: psycopg.Connection, entity: Entity) -> str | None:
     types = dict(dest.execute(
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
         "AND attnum > 0 AND NOT attisdropped", (target,)).fetchall())
-    for name, typ in entity.columns:
-        if types.get(name) != _canonical_type(dest, typ):
+    canonical = dest.execute("SELECT array_agg(format_type(t::regtype, NULL) ORDER BY n) "
+                             "FROM unnest(%s::text[]) WITH ORDINALITY AS u (t, n)",
+                             ([typ for _, typ in entity.columns],)).fetchone()[0]
+    for (name, typ), wanted in zip(entity.columns, canonical, strict=True):
+        if types.get(name) != wanted:
             return f"{target}.{name} is {types.get(name) or 'missing'}, the mapping writes {typ}"
-    if dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(_target(entity))).fetchone()[0]:
+    if dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(target_ident(entity))).fetchone()[0]:
         return f"{target} already holds rows"
     try:
         with dest.transaction():
@@ -111,18 +115,6 @@ def _table_problem(dest: psycopg.Connection, target: str, relkind: str, owner: b
     if referrers:
         return f"the migration role does not own {referrers[0][0]}, whose foreign key points at {target}"
     return None
-
-
-def _canonical_type(dest: psycopg.Connection, typ: str) -> str:
-    return dest.execute("SELECT format_type(%s::regtype, NULL)", (typ,)).fetchone()[0]
-
-
-def _target(entity: Entity) -> sql.Identifier:
-    return sql.Identifier(entity.schema_name, entity.target_table)
-
-
-def _stage(table: str) -> sql.Identifier:
-    return sql.Identifier("migration_stage", table)
 
 
 # ---------------------------------------------------------------------------
@@ -247,7 +239,7 @@ class Detached:
 
 def detach(dest: psycopg.Connection, entity: Entity) -> Detached:
     target = f"{entity.schema_name}.{entity.target_table}"
-    ident = _target(entity)
+    ident = target_ident(entity)
     drops: list[sql.Composable] = []
     rebuilds_fk: list[sql.Composable] = []
     rebuilds: list[sql.Composable] = []
@@ -290,11 +282,9 @@ def detach(dest: psycopg.Connection, entity: Entity) -> Detached:
 def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) -> dict[str, Any]:
     """Stream, check, index, ledger; commit once. ``dest`` holds the entity's lock.
     Returns the direct load's figures (also stored in the run's counts)."""
-    from include.migration import load as load_mod
-
     assert run.stage_table is not None
     started = time.perf_counter()
-    target = _target(entity)
+    target = target_ident(entity)
     fields = len(entity.columns)
     timeout = os.environ.get(LOCK_TIMEOUT_ENV) or "60s"
     dest.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(timeout)))
@@ -302,7 +292,7 @@ def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) ->
         for ref in entity.parents:
             # The parents stay put while this transaction runs: nothing deletes a row
             # the checks below found, as the foreign-key triggers would ensure.
-            dest.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(_target(ENTITIES[ref.parent])))
+            dest.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(target_ident(ENTITIES[ref.parent])))
         dest.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target))
     except psycopg.errors.LockNotAvailable:
         raise RuntimeError(
@@ -356,7 +346,7 @@ def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) ->
     moved = _quarantine_orphans(dest, entity, run.stage_table)
     repaired = dest.execute(sql.SQL(
         "INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} WHERE _disposition = 'loaded'").format(
-        target=target, cols=columns, stage=_stage(run.stage_table))).rowcount
+        target=target, cols=columns, stage=stage_ident(run.stage_table))).rowcount
     dest.execute("SET LOCAL session_replication_role = origin")
     steps["destination checks"] = time.perf_counter() - mark
     repairs = load_mod.repair_counts(dest, run.stage_table)
@@ -405,11 +395,11 @@ def _unspool(dest: psycopg.Connection, entity: Entity, stage_table: str, spool: 
             into.write(block)
     names = sql.SQL(", ").join(sql.Identifier(c) for c, _ in entity.stage_columns)
     dest.execute(sql.SQL("INSERT INTO {stage} ({names}) SELECT {names} FROM {side}").format(
-        stage=_stage(stage_table), names=names, side=side))
+        stage=stage_ident(stage_table), names=names, side=side))
     dest.execute(sql.SQL("DROP TABLE {}").format(side))
     # The ledgers and the accounting join the stage on the key.
-    dest.execute(sql.SQL("CREATE INDEX ON {} ({})").format(_stage(stage_table), sql.Identifier(entity.key)))
-    dest.execute(sql.SQL("ANALYZE {} ({}, _disposition)").format(_stage(stage_table), sql.Identifier(entity.key)))
+    dest.execute(sql.SQL("CREATE INDEX ON {} ({})").format(stage_ident(stage_table), sql.Identifier(entity.key)))
+    dest.execute(sql.SQL("ANALYZE {} ({}, _disposition)").format(stage_ident(stage_table), sql.Identifier(entity.key)))
 
 
 def _quarantine_orphans(dest: psycopg.Connection, entity: Entity, stage_table: str) -> int:
@@ -424,8 +414,8 @@ def _quarantine_orphans(dest: psycopg.Connection, entity: Entity, stage_table: s
             "(SELECT 1 FROM {parent} p WHERE p.{pkey} = t.{col}) RETURNING t.*) "
             "INSERT INTO {stage} ({cols}, _disposition, _reason, _repairs, _source) "
             "SELECT {cols}, 'quarantined', {reason}, '{{}}', to_jsonb(gone) FROM gone").format(
-            target=_target(entity), col=sql.Identifier(ref.column), parent=_target(parent),
-            pkey=sql.Identifier(parent.key), stage=_stage(stage_table), cols=cols,
+            target=target_ident(entity), col=sql.Identifier(ref.column), parent=target_ident(parent),
+            pkey=sql.Identifier(parent.key), stage=stage_ident(stage_table), cols=cols,
             reason=sql.Literal(f"{ref.parent}_not_in_destination"))).rowcount
     if moved:
         log.warning("%s: %d streamed rows reference a parent the destination does not hold; quarantined",
@@ -441,5 +431,5 @@ def _clean_ledgers(dest: psycopg.Connection, entity: Entity, stage_table: str) -
             "DELETE FROM migration.{ledger} q WHERE q.entity = {entity} AND ("
             "EXISTS (SELECT 1 FROM {target} t WHERE t.{key} = q.source_key::{typ}) OR NOT EXISTS "
             "(SELECT 1 FROM {stage} s WHERE s.{key} = q.source_key::{typ}))").format(
-            ledger=sql.Identifier(ledger), entity=sql.Literal(entity.name), target=_target(entity), key=key,
-            typ=typ, stage=_stage(stage_table)))
+            ledger=sql.Identifier(ledger), entity=sql.Literal(entity.name), target=target_ident(entity), key=key,
+            typ=typ, stage=stage_ident(stage_table)))

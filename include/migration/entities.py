@@ -79,14 +79,16 @@ class Entity:
     # Quarantine reasons decided after the transform SQL (by the hooks): rows
     # the SQL loads but the destination will not hold (validation's count).
     hook_reasons: tuple[str, ...] = ()
-    # A full run into an empty destination table may stream straight into it
-    # (direct.py). Not for entities whose rows need more than one COPY (users:
-    # their Auth accounts; media: its files).
-    direct_load: bool = False
 
     @property
     def column_names(self) -> list[str]:
         return [c for c, _ in self.columns]
+
+    @property
+    def plain(self) -> bool:
+        """Rows that are only their destination columns: no Auth accounts (users), no files
+        (media). Only these may load directly (direct.py) or skip an identical chunk (load.py)."""
+        return not self.extra_columns and self.hooks is None
 
     @property
     def reconcile_column_names(self) -> list[str]:
@@ -147,7 +149,6 @@ USERS = Entity(
 )
 
 AGENTS = Entity(
-    direct_load=True,
     name="agents",
     source_table="agents",
     target_table="agents",
@@ -185,7 +186,6 @@ AGENTS = Entity(
 )
 
 CONVERSATIONS = Entity(
-    direct_load=True,
     name="conversations",
     source_table="conversations",
     target_table="conversations",
@@ -217,7 +217,6 @@ CONVERSATIONS = Entity(
 )
 
 MESSAGES = Entity(
-    direct_load=True,
     name="messages",
     source_table="messages",
     target_table="messages",

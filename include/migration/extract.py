@@ -138,21 +138,11 @@ def extract(legacy_dsn: str, dest_dsn: str, entity: Entity, run_id: str, scope: 
         create_stage(dst, entity, table)
         query = transform_query(entity, scope)
         columns = sql.SQL(", ").join(sql.Identifier(c) for c, _ in entity.stage_columns)
-        copied = 0
         with src.cursor() as rcur, dst.cursor() as wcur:
             with rcur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)) as out, \
                     wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
                         sql.Identifier("migration_stage", table), columns)) as into:
-                buffer = bytearray()
-                for block in db.copy_rows(out):
-                    buffer += block
-                    if len(buffer) >= COPY_BLOCK:
-                        into.write(buffer)
-                        copied += len(buffer)
-                        buffer = bytearray()
-                if buffer:
-                    into.write(buffer)
-                    copied += len(buffer)
+                copied = db.relay_copy(out, into, COPY_BLOCK)
             rows = wcur.rowcount
         # The load reads the stage in key-ordered chunks and joins it on the key:
         # an index and fresh statistics turn each chunk into a range scan.

@@ -39,11 +39,11 @@ def auth_path() -> str:
     return value
 
 
-def _stage(table: str) -> sql.Identifier:
+def stage_ident(table: str) -> sql.Identifier:
     return sql.Identifier("migration_stage", table)
 
 
-def _target(entity: Entity) -> sql.Identifier:
+def target_ident(entity: Entity) -> sql.Identifier:
     return sql.Identifier(entity.schema_name, entity.target_table)
 
 
@@ -55,7 +55,7 @@ def _cols(names: list[str], prefix: str | None = None) -> sql.Composable:
 
 def check_stage(dest: psycopg.Connection, entity: Entity, table: str, *, commit: bool = True) -> dict[str, int]:
     """Quarantine staged rows the destination cannot take; return counts per disposition:reason."""
-    stage = _stage(table)
+    stage = stage_ident(table)
     for ref in entity.parents:
         parent = ENTITIES[ref.parent]
         dest.execute(
@@ -68,7 +68,7 @@ def check_stage(dest: psycopg.Connection, entity: Entity, table: str, *, commit:
                 stage=stage,
                 reason=sql.Literal(f"{ref.parent}_not_in_destination"),
                 col=sql.Identifier(ref.column),
-                parent=_target(parent),
+                parent=target_ident(parent),
                 pkey=sql.Identifier(parent.key),
             )
         )
@@ -84,18 +84,23 @@ def check_stage(dest: psycopg.Connection, entity: Entity, table: str, *, commit:
                 "  AND NOT EXISTS (SELECT 1 FROM {stage} o WHERE o.id = t.id AND o._disposition <> 'loaded'))"
             ).format(stage=stage)
         )
-    rows = dest.execute(
-        sql.SQL("SELECT _disposition, _reason, count(*) FROM {} GROUP BY 1, 2 ORDER BY 1, 2").format(stage)
-    ).fetchall()
+    counts = disposition_counts(dest, table)
     if commit:
         dest.commit()
+    return counts
+
+
+def disposition_counts(dest: psycopg.Connection, table: str) -> dict[str, int]:
+    """Staged rows per "disposition:reason"."""
+    rows = dest.execute(sql.SQL("SELECT _disposition, _reason, count(*) FROM {} GROUP BY 1, 2 ORDER BY 1, 2")
+                        .format(stage_ident(table))).fetchall()
     return {f"{d}:{r}": n for d, r, n in rows}
 
 
 def repair_counts(dest: psycopg.Connection, table: str) -> dict[str, int]:
     rows = dest.execute(
         sql.SQL("SELECT r, count(*) FROM {}, unnest(_repairs) r WHERE _disposition = 'loaded' GROUP BY r "
-                "ORDER BY r").format(_stage(table))
+                "ORDER BY r").format(stage_ident(table))
     ).fetchall()
     return dict(rows)
 
@@ -107,7 +112,7 @@ def _distinct_condition(entity: Entity, left: str, right: str) -> sql.Composable
 
 def plan_changes(dest: psycopg.Connection, entity: Entity, table: str, *, full: bool) -> dict[str, int]:
     """What a load of this stage would do to the destination table (writes nothing)."""
-    stage, target, key = _stage(table), _target(entity), sql.Identifier(entity.key)
+    stage, target, key = stage_ident(table), target_ident(entity), sql.Identifier(entity.key)
     row = dest.execute(
         sql.SQL(
             "SELECT count(*) FILTER (WHERE t.{key} IS NULL), "
@@ -145,6 +150,13 @@ class LoadResult:
         return {"inserted": self.inserted, "updated": self.updated, "deleted": self.deleted,
                 "chunks": self.chunks, "load_seconds": round(self.seconds, 3)}
 
+    @classmethod
+    def from_counts(cls, counts: dict[str, Any] | None) -> LoadResult:
+        """What ``as_dict`` stored in the run's counts (a resumed or finished load)."""
+        counts = counts or {}
+        return cls(**{k: counts[k] for k in ("inserted", "updated", "deleted", "chunks") if k in counts},
+                   seconds=counts.get("load_seconds", 0.0))
+
 
 def chunk_bounds(dest: psycopg.Connection, entity: Entity, table: str, batch_size: int,
                  after: str | None) -> list[str]:
@@ -156,7 +168,7 @@ def chunk_bounds(dest: psycopg.Connection, entity: Entity, table: str, batch_siz
         sql.SQL(
             "SELECT k::text FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) AS n, count(*) OVER () AS c "
             "FROM {stage} WHERE _disposition = 'loaded' AND {cond}) x WHERE n % {b} = 0 OR n = c ORDER BY n"
-        ).format(key=key, stage=_stage(table), cond=cond, b=sql.Literal(batch_size))
+        ).format(key=key, stage=stage_ident(table), cond=cond, b=sql.Literal(batch_size))
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -206,7 +218,7 @@ def remove_non_loaded(dest: psycopg.Connection, entity: Entity, table: str, run_
     if entity.name == "users":
         _merge_losers_present(dest, table, run_id)
     keys = sql.SQL("SELECT s.{key} FROM {stage} s WHERE s._disposition <> 'loaded'").format(
-        key=sql.Identifier(entity.key), stage=_stage(table))
+        key=sql.Identifier(entity.key), stage=stage_ident(table))
     return _delete_with_images(dest, entity, run_id, keys)
 
 
@@ -214,7 +226,7 @@ def _merge_losers_present(dest: psycopg.Connection, table: str, run_id: str) -> 
     """A user already in the destination that is now a merged duplicate: load its
     survivor, move its agents, conversations and media to the survivor, then it
     can be deleted. The loser's email is parked first so the survivor can take it."""
-    stage = _stage(table)
+    stage = stage_ident(table)
     losers = dest.execute(sql.SQL(
         "SELECT s.id, s._maps_to::uuid FROM {stage} s JOIN public.users t ON t.id = s.id "
         "WHERE s._reason = 'merged_duplicate'").format(stage=stage)).fetchall()
@@ -250,7 +262,7 @@ def _merge_losers_present(dest: psycopg.Connection, table: str, run_id: str) -> 
 def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: str,
                   where: sql.Composable) -> tuple[int, int]:
     """Merge the stage rows matching ``where`` into the destination; returns (inserted, updated)."""
-    stage, target, key = _stage(table), _target(entity), sql.Identifier(entity.key)
+    stage, target, key = stage_ident(table), target_ident(entity), sql.Identifier(entity.key)
     names = entity.column_names
     non_key = [c for c in names if c != entity.key]
     changing_keys = sql.SQL("SELECT s.{key} FROM {stage} s JOIN {target} t ON t.{key} = s.{key} "
@@ -299,16 +311,11 @@ def _range(entity: Entity, alias: str, after: str | None, hi: str) -> sql.Compos
 
 
 def _range_is_empty(dest: psycopg.Connection, entity: Entity, after: str | None, hi: str) -> bool:
-    tables = [_target(entity)]
+    tables = [target_ident(entity)]
     if entity.name == "users":
         tables.append(sql.Identifier("auth", "users"))
     return not any(dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} t WHERE {})").format(
         t, _range(entity, "t", after, hi))).fetchone()[0] for t in tables)
-
-
-def _plain(entity: Entity) -> bool:
-    """Rows that are only their destination columns (users also write Auth accounts; media, files)."""
-    return not entity.extra_columns and entity.hooks is None
 
 
 def _range_differs(dest: psycopg.Connection, entity: Entity, table: str, after: str | None, hi: str) -> bool:
@@ -317,7 +324,7 @@ def _range_differs(dest: psycopg.Connection, entity: Entity, table: str, after: 
     return dest.execute(sql.SQL(
         "SELECT EXISTS (SELECT 1 FROM {stage} s WHERE s._disposition = 'loaded' AND {rng} AND NOT EXISTS "
         "(SELECT 1 FROM {target} t WHERE t.{key} = s.{key} AND NOT {diff}))").format(
-        stage=_stage(table), rng=_range(entity, "s", after, hi), target=_target(entity),
+        stage=stage_ident(table), rng=_range(entity, "s", after, hi), target=target_ident(entity),
         key=sql.Identifier(entity.key), diff=_distinct_condition(entity, "t", "s"))).fetchone()[0]
 
 
@@ -332,7 +339,7 @@ def _insert_range(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
     set_based = entity.name != "users" and _defer_fk_checks(dest)
     inserted = dest.execute(sql.SQL(
         "INSERT INTO {target} ({cols}) SELECT {scols} FROM {stage} s WHERE s._disposition = 'loaded' AND {where}"
-    ).format(target=_target(entity), cols=_cols(names), scols=_cols(names, "s"), stage=_stage(table),
+    ).format(target=target_ident(entity), cols=_cols(names), scols=_cols(names, "s"), stage=stage_ident(table),
              where=where)).rowcount
     if set_based:
         _check_parents(dest, entity, after, hi)
@@ -366,12 +373,12 @@ def _check_parents(dest: psycopg.Connection, entity: Entity, after: str | None, 
         parent = ENTITIES[ref.parent]
         col, pkey = sql.Identifier(ref.column), sql.Identifier(parent.key)
         chunk = sql.SQL("SELECT t.{col} FROM {target} t WHERE {rng} AND t.{col} IS NOT NULL").format(
-            col=col, target=_target(entity), rng=_range(entity, "t", after, hi))
+            col=col, target=target_ident(entity), rng=_range(entity, "t", after, hi))
         dest.execute(sql.SQL("SELECT 1 FROM {parent} p WHERE p.{pkey} IN ({chunk}) FOR KEY SHARE").format(
-            parent=_target(parent), pkey=pkey, chunk=chunk))
+            parent=target_ident(parent), pkey=pkey, chunk=chunk))
         orphans = dest.execute(sql.SQL(
             "SELECT count(*) FROM ({chunk}) c({col}) WHERE NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{pkey} = c.{col})"
-        ).format(chunk=chunk, col=col, parent=_target(parent), pkey=pkey)).fetchone()[0]
+        ).format(chunk=chunk, col=col, parent=target_ident(parent), pkey=pkey)).fetchone()[0]
         if orphans:
             raise RuntimeError(
                 f"{entity.name}: {orphans} rows of keys ({after or 'start'} .. {hi}] reference a missing "
@@ -388,11 +395,11 @@ def _upsert_auth(dest: psycopg.Connection, table: str, where: sql.Composable) ->
         # outside the chunk transaction. That is safe: the calls are
         # idempotent, and a crash before the chunk commits leaves accounts that
         # the rerun finds unchanged (no writes) before loading the chunk again.
-        auth_admin.sync_staged_accounts(dest, _stage(table), where)
+        auth_admin.sync_staged_accounts(dest, stage_ident(table), where)
         return
     from include.migration import auth
 
-    auth.upsert_accounts(dest, _stage(table), where)
+    auth.upsert_accounts(dest, stage_ident(table), where)
 
 
 def load(dest: psycopg.Connection, entity: Entity, run: runs.Run, *, batch_size: int,
@@ -400,8 +407,8 @@ def load(dest: psycopg.Connection, entity: Entity, run: runs.Run, *, batch_size:
     """Merge the stage into the destination; resumable from ``run.load_progress``."""
     assert run.stage_table is not None
     table = run.stage_table
-    result = LoadResult(**{k: v for k, v in (run.counts.get("load") or {}).items()
-                           if k in ("inserted", "updated", "deleted", "chunks")})
+    result = LoadResult.from_counts(run.counts.get("load"))
+    result.seconds = 0.0  # this attempt's time is added below
     started = time.perf_counter()
     if run.load_progress is None:
         result.deleted += remove_non_loaded(dest, entity, table, run.run_id)
@@ -415,7 +422,7 @@ def load(dest: psycopg.Connection, entity: Entity, run: runs.Run, *, batch_size:
         t0 = time.perf_counter()
         if _range_is_empty(dest, entity, after, hi):
             ins, upd, how = _insert_range(dest, entity, table, run.run_id, after, hi), 0, "insert into an empty range"
-        elif _plain(entity) and not _range_differs(dest, entity, table, after, hi):
+        elif entity.plain and not _range_differs(dest, entity, table, after, hi):
             ins, upd, how = 0, 0, "every row already identical"
         else:
             ins, upd = _upsert_chunk(dest, entity, table, run.run_id, _range(entity, "s", after, hi))
@@ -440,7 +447,7 @@ def load(dest: psycopg.Connection, entity: Entity, run: runs.Run, *, batch_size:
 
 def sweep_gone(dest: psycopg.Connection, entity: Entity, table: str, run_id: str) -> int:
     """Full runs: delete destination rows whose source row no longer exists (hard deletes)."""
-    stage, target, key = _stage(table), _target(entity), sql.Identifier(entity.key)
+    stage, target, key = stage_ident(table), target_ident(entity), sql.Identifier(entity.key)
     keys = sql.SQL("SELECT t.{key} FROM {target} t WHERE NOT EXISTS "
                    "(SELECT 1 FROM {stage} s WHERE s.{key} = t.{key})").format(stage=stage, key=key, target=target)
     deleted = _delete_with_images(dest, entity, run_id, keys)
@@ -458,7 +465,7 @@ def sweep_gone(dest: psycopg.Connection, entity: Entity, table: str, run_id: str
 
 def record_ledgers(dest: psycopg.Connection, entity: Entity, table: str, run_id: str) -> None:
     """Quarantine and exclusion ledgers: add this run's rows, drop keys that now load."""
-    stage, key = _stage(table), sql.Identifier(entity.key)
+    stage, key = stage_ident(table), sql.Identifier(entity.key)
     params = {"entity": sql.Literal(entity.name), "run": sql.Literal(run_id), "stage": stage, "key": key}
     dest.execute(sql.SQL(
         "INSERT INTO migration.quarantine (entity, source_key, reason, source_row, run_id) "

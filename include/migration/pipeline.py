@@ -82,12 +82,6 @@ def _hook(entity: Entity, name: str) -> Any:
     return getattr(module, name, None) if module is not None else None
 
 
-def _disposition_counts(dest, table: str) -> dict[str, int]:
-    rows = dest.execute(sql.SQL("SELECT _disposition, _reason, count(*) FROM {} GROUP BY 1, 2 ORDER BY 1, 2")
-                        .format(sql.Identifier("migration_stage", table))).fetchall()
-    return {f"{d}:{r}": n for d, r, n in rows}
-
-
 def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run: bool,
             options: dict[str, Any] | None = None, load_method: str = "auto") -> dict[str, Any]:
     """``options``: the entity's own params (see ``entity_hooks``), kept with the run for its later steps.
@@ -158,7 +152,7 @@ def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
         hook = _hook(entity, "on_transform")
         if hook is not None:
             hook(conns, dest, entity, run)
-            counts = _disposition_counts(dest, run.stage_table)
+            counts = load_mod.disposition_counts(dest, run.stage_table)
         repairs = load_mod.repair_counts(dest, run.stage_table)
         runs.update(dest, run_id, report={"dispositions": counts, "repaired": repairs})
         dest.commit()
@@ -216,8 +210,7 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
             if run.load_progress != direct.DONE:
                 direct.load(conns, dest, entity, run)
                 run = _run(dest, run_id)
-            result = load_mod.LoadResult(**{k: v for k, v in run.counts["load"].items() if k != "load_seconds"},
-                                         seconds=run.counts["load"]["load_seconds"])
+            result = load_mod.LoadResult.from_counts(run.counts["load"])
         else:
             before, after = _hook(entity, "before_merge"), _hook(entity, "after_merge")
             if before is not None and run.load_progress is None:
@@ -307,7 +300,7 @@ def account(dest, entity: Entity, run: runs.Run, result: load_mod.LoadResult) ->
     against the destination; stored per reason in ``migration.run_accounting``."""
     stage = sql.Identifier("migration_stage", run.stage_table)
     target = sql.Identifier(entity.schema_name, entity.target_table)
-    counts = _disposition_counts(dest, run.stage_table)
+    counts = load_mod.disposition_counts(dest, run.stage_table)
     if is_direct(run):
         # Streamed rows never touched the stage; the table was empty before, so
         # every row it holds is this run's.
