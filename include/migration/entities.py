@@ -247,9 +247,11 @@ MESSAGES = Entity(
     bucket_rows=5000,
     alias="m",
     # New messages by id (append-only); old ones again when their conversation changed.
+    # Each branch can use an index (= ANY(ARRAY(...)) is one; IN (subquery) is a
+    # hashed filter over a scan of the whole table), so the planner can combine them.
     incremental_scope=(
-        "m.id > {last_key} OR m.id = ANY({retry}) OR m.conversation_id IN "
-        "(SELECT id FROM conversation_fate WHERE change_ts >= {since})"
+        "m.id > {last_key} OR m.id = ANY({retry}) OR m.conversation_id = ANY(ARRAY("
+        "SELECT id FROM conversation_fate WHERE change_ts >= {since}))"
     ),
 )
 

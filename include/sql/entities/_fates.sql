@@ -13,7 +13,8 @@ clock AS (
 --   'invalid_email' or 'implausible_timestamp' (quarantined). Among migrating
 --   users that share an email after lower(trim()), the most recently updated
 --   survives (ties: latest created, then lowest id); the others are merged
---   into it (survivor_id).
+--   into it (survivor_id). The partition compares bytes (COLLATE "C"): the
+--   same groups as the default collation's equality, without its slow sort.
 user_base AS (
     SELECT u.*,
            lower(btrim(u.email)) AS email_norm,
@@ -36,7 +37,7 @@ user_fate AS (
     SELECT b.*,
            CASE WHEN b.problem IS NULL
                 THEN first_value(b.id) OVER (
-                    PARTITION BY b.problem IS NULL, b.email_norm
+                    PARTITION BY b.problem IS NULL, b.email_norm COLLATE "C"
                     ORDER BY b.effective_updated_at DESC, b.created_at DESC, b.id)
            END AS survivor_id
     FROM user_base b
@@ -80,11 +81,13 @@ conversation_fate AS (
                 WHEN c.created_at < (SELECT earliest FROM clock) OR c.created_at > (SELECT latest FROM clock) OR c.updated_at > (SELECT latest FROM clock)
                 THEN 'quarantined:implausible_timestamp'
            END AS problem,
-           uf.survivor_id AS user_survivor_id,
            greatest(CASE WHEN c.created_at <= (SELECT latest FROM clock) THEN c.created_at END,
                     CASE WHEN c.updated_at <= (SELECT latest FROM clock) THEN c.updated_at END,
                     CASE WHEN c.deleted_at <= (SELECT latest FROM clock) THEN c.deleted_at END, uf.change_ts) AS change_ts
     FROM {src_conversations} c
     -- (clock: read through scalar subqueries, evaluated once)
-    LEFT JOIN user_fate uf ON uf.id = c.user_id
+    -- user_base, not user_fate: a conversation's fate needs the user's problem
+    -- and change time, not its survivor (conversations.sql joins user_fate for
+    -- that), so the messages transform skips the survivor window.
+    LEFT JOIN user_base uf ON uf.id = c.user_id
 )
