@@ -164,13 +164,20 @@ def chunk_bounds(dest: psycopg.Connection, entity: Entity, table: str, batch_siz
     key = sql.Identifier(entity.key)
     cond = sql.SQL("TRUE") if after is None else sql.SQL("{} > {}::{}").format(
         key, sql.Literal(after), sql.SQL(entity.key_type))
-    rows = dest.execute(
+    # Every batch_size-th key, then the last one (asked separately: count(*) OVER ()
+    # would hold the whole key list in a tuplestore; and uuid has no max() before PostgreSQL 18).
+    bounds = [r[0] for r in dest.execute(
         sql.SQL(
-            "SELECT k::text FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) AS n, count(*) OVER () AS c "
-            "FROM {stage} WHERE _disposition = 'loaded' AND {cond}) x WHERE n % {b} = 0 OR n = c ORDER BY n"
+            "SELECT k::text FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) AS n "
+            "FROM {stage} WHERE _disposition = 'loaded' AND {cond}) x WHERE n % {b} = 0 ORDER BY n"
         ).format(key=key, stage=stage_ident(table), cond=cond, b=sql.Literal(batch_size))
-    ).fetchall()
-    return [r[0] for r in rows]
+    )]
+    last = dest.execute(sql.SQL("SELECT {key}::text AS k FROM {stage} WHERE _disposition = 'loaded' AND {cond} "
+                                "ORDER BY {stage}.{key} DESC LIMIT 1")
+                        .format(key=key, stage=stage_ident(table), cond=cond)).fetchone()
+    if last is not None and (not bounds or bounds[-1] != last[0]):
+        bounds.append(last[0])
+    return bounds
 
 
 def _delete_table(entity: Entity) -> tuple[str, str]:
@@ -182,10 +189,15 @@ def _delete_table(entity: Entity) -> tuple[str, str]:
 def _delete_with_images(dest: psycopg.Connection, entity: Entity, run_id: str, keys: sql.Composable) -> int:
     """Image, then delete, the destination rows whose key is in ``keys`` (a subquery)."""
     schema, table = _delete_table(entity)
-    where = sql.SQL("t.{} IN ({})").format(sql.Identifier(entity.key), keys)
-    if not dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} t WHERE {})").format(
-            sql.Identifier(schema, table), where)).fetchone()[0]:
+    # The keys are collected first, whole. Asked as "EXISTS (... IN (keys))", the
+    # planner chose a fast-start plan (one index probe of the stage per table row)
+    # that took seconds when, as usual, there is nothing to find.
+    present = [r[0] for r in dest.execute(sql.SQL("SELECT t.{key} FROM {t} t WHERE t.{key} IN ({keys})").format(
+        key=sql.Identifier(entity.key), t=sql.Identifier(schema, table), keys=keys))]
+    if not present:
         return 0  # the usual case: nothing to delete, so nothing to image either
+    where = sql.SQL("t.{} = ANY({}::{}[])").format(
+        sql.Identifier(entity.key), sql.Literal(present), sql.SQL(entity.key_type))
     images.image_deletes(dest, run_id, schema, table, where)
     if entity.name == "users" and auth_path() == "admin_api":
         return _delete_accounts_via_api(dest, where)
@@ -261,29 +273,41 @@ def _merge_losers_present(dest: psycopg.Connection, table: str, run_id: str) -> 
 
 def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: str,
                   where: sql.Composable) -> tuple[int, int]:
-    """Merge the stage rows matching ``where`` into the destination; returns (inserted, updated)."""
+    """Merge the stage rows matching ``where`` (alias ``s``) into the destination; returns (inserted, updated)."""
     stage, target, key = stage_ident(table), target_ident(entity), sql.Identifier(entity.key)
     names = entity.column_names
     non_key = [c for c in names if c != entity.key]
-    changing_keys = sql.SQL("SELECT s.{key} FROM {stage} s JOIN {target} t ON t.{key} = s.{key} "
-                            "WHERE s._disposition = 'loaded' AND {where} AND {diff}").format(
-        key=key, stage=stage, target=target, where=where, diff=_distinct_condition(entity, "t", "s"))
-    # ARRAY(...): the changed keys are found once (an init plan), then fetched by the
-    # primary key; as "IN (subquery)" the planner may scan the whole table instead.
-    changing = sql.SQL("t.{} = ANY(ARRAY({}))").format(key, changing_keys)
-    images.image_updates(dest, run_id, entity.schema_name, entity.target_table, changing)
+    # The rows to write (new, or different from the destination's) are found
+    # once; the before-images and the upsert then fetch them by key. Identical
+    # rows are left out: an ON CONFLICT that finds nothing to change still pays
+    # a speculative insert and a row lock per row. The comparison probes the
+    # table's primary key once per stage row (a correlated subquery, NULL when
+    # the row is new): as a join, the planner hashed the whole table for each
+    # chunk, the chunk's key range not carrying over to the table's side.
+    found = dest.execute(sql.SQL(
+        "SELECT k, differs IS NULL FROM (SELECT s.{key} AS k, "
+        "(SELECT {diff} FROM {target} t WHERE t.{key} = s.{key}) AS differs "
+        "FROM {stage} s WHERE s._disposition = 'loaded' AND {where} OFFSET 0) x WHERE differs IS NOT FALSE").format(
+        key=key, stage=stage, target=target, where=where, diff=_distinct_condition(entity, "t", "s"))).fetchall()
+    typ = sql.SQL(entity.key_type)
+    changed = [k for k, new in found if not new]
+    if changed:
+        changing = sql.SQL("t.{} = ANY({}::{}[])").format(key, sql.Literal(changed), typ)
+        images.image_updates(dest, run_id, entity.schema_name, entity.target_table, changing)
+        if entity.name == "users":
+            images.image_updates(dest, run_id, "auth", "users", changing)
+            images.image_updates(dest, run_id, "auth", "identities",
+                                 sql.SQL("t.user_id = ANY({}::uuid[])").format(sql.Literal(changed)))
     if entity.name == "users":
-        images.image_updates(dest, run_id, "auth", "users", changing)
-        images.image_updates(dest, run_id, "auth", "identities",
-                             sql.SQL("t.user_id = ANY(ARRAY({}))").format(changing_keys))
+        # Every account of the range: a password can change while public.users stays identical.
         _upsert_auth(dest, table, where)
+    if not found:
+        return 0, 0
+    where = sql.SQL("s.{} = ANY({}::{}[])").format(key, sql.Literal([k for k, _ in found]), typ)
     row = dest.execute(
         sql.SQL(
             "WITH m AS (INSERT INTO {target} AS t ({cols}) SELECT {scols} FROM {stage} s "
             "WHERE s._disposition = 'loaded' AND {where} "
-            # Identical rows are left out before the insert: an ON CONFLICT that finds
-            # nothing to change still pays a speculative insert and a row lock per row.
-            "AND NOT EXISTS (SELECT 1 FROM {target} o WHERE o.{key} = s.{key} AND NOT {same}) "
             "ON CONFLICT ({key}) DO UPDATE SET ({noncols}) = ROW({excluded}) WHERE {diff} "
             "RETURNING t.{key}, (xmax = 0) AS inserted), "
             "i AS (INSERT INTO migration.before_images (run_id, entity, op, keys) "
@@ -293,7 +317,7 @@ def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
             target=target, cols=_cols(names), scols=_cols(names, "s"), stage=stage, where=where, key=key,
             noncols=_cols(non_key),
             excluded=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in non_key),
-            diff=_distinct_condition(entity, "t", "excluded"), same=_distinct_condition(entity, "o", "s"),
+            diff=_distinct_condition(entity, "t", "excluded"),
             run=sql.Literal(run_id), label=sql.Literal(images.table_label(*_delete_table(entity))),
         )
     ).fetchone()
@@ -316,16 +340,6 @@ def _range_is_empty(dest: psycopg.Connection, entity: Entity, after: str | None,
         tables.append(sql.Identifier("auth", "users"))
     return not any(dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} t WHERE {})").format(
         t, _range(entity, "t", after, hi))).fetchone()[0] for t in tables)
-
-
-def _range_differs(dest: psycopg.Connection, entity: Entity, table: str, after: str | None, hi: str) -> bool:
-    """Does any loadable stage row of the range differ from (or miss in) the destination?
-    One pass that stops at the first difference; an unchanged chunk is then skipped whole."""
-    return dest.execute(sql.SQL(
-        "SELECT EXISTS (SELECT 1 FROM {stage} s WHERE s._disposition = 'loaded' AND {rng} AND NOT EXISTS "
-        "(SELECT 1 FROM {target} t WHERE t.{key} = s.{key} AND NOT {diff}))").format(
-        stage=stage_ident(table), rng=_range(entity, "s", after, hi), target=target_ident(entity),
-        key=sql.Identifier(entity.key), diff=_distinct_condition(entity, "t", "s"))).fetchone()[0]
 
 
 def _insert_range(dest: psycopg.Connection, entity: Entity, table: str, run_id: str,
@@ -422,11 +436,9 @@ def load(dest: psycopg.Connection, entity: Entity, run: runs.Run, *, batch_size:
         t0 = time.perf_counter()
         if _range_is_empty(dest, entity, after, hi):
             ins, upd, how = _insert_range(dest, entity, table, run.run_id, after, hi), 0, "insert into an empty range"
-        elif entity.plain and not _range_differs(dest, entity, table, after, hi):
-            ins, upd, how = 0, 0, "every row already identical"
         else:
             ins, upd = _upsert_chunk(dest, entity, table, run.run_id, _range(entity, "s", after, hi))
-            how = "merge"
+            how = "merge" if ins or upd else "every row already identical"
         result.inserted += ins
         result.updated += upd
         result.chunks += 1
@@ -478,8 +490,11 @@ def record_ledgers(dest: psycopg.Connection, entity: Entity, table: str, run_id:
         "INSERT INTO migration.exclusions (entity, source_key, rule, detail, run_id) "
         "SELECT {entity}, s.{key}::text, s._reason, s._maps_to, {run} FROM {stage} s "
         "WHERE s._disposition = 'excluded' "
+        # An unchanged exclusion is left as it is (a rerun would rewrite every row of
+        # the ledger): run_id names the run that recorded the row's current rule.
         "ON CONFLICT (entity, source_key) DO UPDATE SET rule = EXCLUDED.rule, detail = EXCLUDED.detail, "
-        "run_id = EXCLUDED.run_id"
+        "run_id = EXCLUDED.run_id "
+        "WHERE (exclusions.rule, exclusions.detail) IS DISTINCT FROM (EXCLUDED.rule, EXCLUDED.detail)"
     ).format(**params))
     for ledger, disposition in (("quarantine", "quarantined"), ("exclusions", "excluded")):
         # Driven by the (small) ledger, probing the stage by its key index.

@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS migration.exclusions (
     source_key  text NOT NULL,
     rule        text NOT NULL,
     detail      text,
-    run_id      text NOT NULL,
+    run_id      text NOT NULL,  -- the run that recorded the current rule
     PRIMARY KEY (entity, source_key)
 );
 
