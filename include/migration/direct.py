@@ -314,6 +314,12 @@ def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) ->
             f"{entity.name}: the direct load waited {timeout} for a table whose foreign key points at "
             f"{entity.target_table} ({', '.join(detached.names)}) and gave up; another session is using it. "
             "Nothing was written; retry the load.") from None
+    # Emptied again in this transaction (it is empty: checked above, under the lock), so
+    # the COPY may write its rows frozen: no later read has to set each row's hint bits
+    # (at 3 M rows the first count(*) after the load took 8 s doing that). Like any
+    # COPY FREEZE, the rows are visible at once to transactions that began before the
+    # commit; nobody reads this table's empty state while the migration runs.
+    dest.execute(sql.SQL("TRUNCATE {}").format(target))
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in entity.column_names)
     stream_started = time.perf_counter()
     with db.connection(conns.legacy, application="migration-direct") as src, \
@@ -324,7 +330,8 @@ def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) ->
         db.tune_legacy(src)
         with src.cursor() as rcur, dest.cursor() as wcur:
             with rcur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(side_query(entity))) as rows, \
-                    wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, columns)) as into:
+                    wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
+                        target, columns)) as into:
                 relayed = relay(db.copy_rows(rows), into, spool, fields, len(control_columns(entity)))
         source_rows = src.execute(sql.SQL("SELECT count(*) FROM {}").format(
             sql.Identifier("public", entity.source_table))).fetchone()[0]

@@ -138,10 +138,13 @@ def extract(legacy_dsn: str, dest_dsn: str, entity: Entity, run_id: str, scope: 
         create_stage(dst, entity, table)
         query = transform_query(entity, scope)
         columns = sql.SQL(", ").join(sql.Identifier(c) for c, _ in entity.stage_columns)
+        # FREEZE: the stage was created in this transaction, so its rows can be
+        # written frozen, and the load's many reads of it set no hint bits.
+        into_stage = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
+            sql.Identifier("migration_stage", table), columns)
         with src.cursor() as rcur, dst.cursor() as wcur:
             with rcur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)) as out, \
-                    wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                        sql.Identifier("migration_stage", table), columns)) as into:
+                    wcur.copy(into_stage) as into:
                 copied = db.relay_copy(out, into, COPY_BLOCK)
             rows = wcur.rowcount
         # The load reads the stage in key-ordered chunks and joins it on the key:
