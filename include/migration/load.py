@@ -172,8 +172,8 @@ def chunk_bounds(dest: psycopg.Connection, entity: Entity, table: str, batch_siz
             "FROM {stage} WHERE _disposition = 'loaded' AND {cond}) x WHERE n % {b} = 0 ORDER BY n"
         ).format(key=key, stage=stage_ident(table), cond=cond, b=sql.Literal(batch_size))
     )]
-    last = dest.execute(sql.SQL("SELECT {key}::text AS k FROM {stage} WHERE _disposition = 'loaded' AND {cond} "
-                                "ORDER BY {stage}.{key} DESC LIMIT 1")
+    last = dest.execute(sql.SQL("SELECT {key}::text AS k FROM {stage} WHERE _disposition = 'loaded' "
+                                "AND {cond} ORDER BY {stage}.{key} DESC LIMIT 1")
                         .format(key=key, stage=stage_ident(table), cond=cond)).fetchone()
     if last is not None and (not bounds or bounds[-1] != last[0]):
         bounds.append(last[0])
@@ -192,8 +192,9 @@ def _delete_with_images(dest: psycopg.Connection, entity: Entity, run_id: str, k
     # The keys are collected first, whole. Asked as "EXISTS (... IN (keys))", the
     # planner chose a fast-start plan (one index probe of the stage per table row)
     # that took seconds when, as usual, there is nothing to find.
-    present = [r[0] for r in dest.execute(sql.SQL("SELECT t.{key} FROM {t} t WHERE t.{key} IN ({keys})").format(
-        key=sql.Identifier(entity.key), t=sql.Identifier(schema, table), keys=keys))]
+    found = sql.SQL("SELECT t.{key} FROM {t} t WHERE t.{key} IN ({keys})").format(
+        key=sql.Identifier(entity.key), t=sql.Identifier(schema, table), keys=keys)
+    present = [r[0] for r in dest.execute(found)]
     if not present:
         return 0  # the usual case: nothing to delete, so nothing to image either
     where = sql.SQL("t.{} = ANY({}::{}[])").format(
@@ -273,7 +274,8 @@ def _merge_losers_present(dest: psycopg.Connection, table: str, run_id: str) -> 
 
 def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: str,
                   where: sql.Composable) -> tuple[int, int]:
-    """Merge the stage rows matching ``where`` (alias ``s``) into the destination; returns (inserted, updated)."""
+    """Merge the stage rows matching ``where`` (alias ``s``) into the destination;
+    returns (inserted, updated)."""
     stage, target, key = stage_ident(table), target_ident(entity), sql.Identifier(entity.key)
     names = entity.column_names
     non_key = [c for c in names if c != entity.key]
@@ -287,8 +289,10 @@ def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
     found = dest.execute(sql.SQL(
         "SELECT k, differs IS NULL FROM (SELECT s.{key} AS k, "
         "(SELECT {diff} FROM {target} t WHERE t.{key} = s.{key}) AS differs "
-        "FROM {stage} s WHERE s._disposition = 'loaded' AND {where} OFFSET 0) x WHERE differs IS NOT FALSE").format(
-        key=key, stage=stage, target=target, where=where, diff=_distinct_condition(entity, "t", "s"))).fetchall()
+        "FROM {stage} s WHERE s._disposition = 'loaded' AND {where} OFFSET 0) x "
+        "WHERE differs IS NOT FALSE").format(
+        key=key, stage=stage, target=target, where=where, diff=_distinct_condition(entity, "t", "s"))
+    ).fetchall()
     typ = sql.SQL(entity.key_type)
     changed = [k for k, new in found if not new]
     if changed:
