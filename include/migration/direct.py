@@ -397,7 +397,8 @@ def _unspool(dest: psycopg.Connection, entity: Entity, stage_table: str, spool: 
     dest.execute(sql.SQL("CREATE TEMPORARY TABLE {} ({}, _side bytea, {}) ON COMMIT DROP").format(
         side, *(sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in columns)
                 for columns in (control, entity.columns))))
-    with dest.cursor() as cur, cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(side)) as into:
+    # Created in this transaction: its rows can go in frozen.
+    with dest.cursor() as cur, cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY, FREEZE)").format(side)) as into:
         while block := spool.read(FLUSH_BYTES):
             into.write(block)
     names = sql.SQL(", ").join(sql.Identifier(c) for c, _ in entity.stage_columns)
