@@ -34,10 +34,10 @@ DEFAULT_LEGACY_WORK_MEM = "128MB"
 def tune_legacy(conn: psycopg.Connection) -> None:
     """Settings for a legacy read transaction that runs the transform (call inside the transaction).
 
-    Memoize stays on although it costs the messages transform about a third of its
-    time (its per-message lateral is cached on the metadata text, and nearly every
-    key is new): with it off, the conversations reconciliation's plan went from
-    seconds to more than ten minutes at medium scale."""
+    Only ``work_mem``: the fates sort and hash every user and conversation, and on
+    disk that costs seconds. The planner's other choices are steered by the queries
+    themselves (messages.sql parses its JSON in a plain subquery, which no Memoize
+    node wraps; the reconciliation filters the transform's output, not its inputs)."""
     value = os.environ.get(LEGACY_WORK_MEM_ENV) or DEFAULT_LEGACY_WORK_MEM
     conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(value)))
 
