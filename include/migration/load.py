@@ -280,34 +280,42 @@ def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
     names = entity.column_names
     non_key = [c for c in names if c != entity.key]
     # The rows to write (new, or different from the destination's) are found
-    # once; the before-images and the upsert then fetch them by key. Identical
-    # rows are left out: an ON CONFLICT that finds nothing to change still pays
-    # a speculative insert and a row lock per row. The comparison probes the
-    # table's primary key once per stage row (a correlated subquery, NULL when
-    # the row is new): as a join, the planner hashed the whole table for each
-    # chunk, the chunk's key range not carrying over to the table's side.
-    found = dest.execute(sql.SQL(
-        "SELECT k, differs IS NULL FROM (SELECT s.{key} AS k, "
+    # once, into a temporary table of keys (a chunk's keys stay in the database,
+    # not in this process); the before-images and the upsert then fetch them by
+    # key. Identical rows are left out: an ON CONFLICT that finds nothing to
+    # change still pays a speculative insert and a row lock per row. The
+    # comparison probes the table's primary key once per stage row (a correlated
+    # subquery, NULL when the row is new): as a join, the planner hashed the
+    # whole table for each chunk, the chunk's key range not carrying over to
+    # the table's side.
+    keys = sql.Identifier(f"migration_chunk_keys_{entity.name}")
+    dest.execute(sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {} (k {} NOT NULL, new boolean NOT NULL) "
+                         "ON COMMIT DELETE ROWS").format(keys, sql.SQL(entity.key_type)))
+    dest.execute(sql.SQL("DELETE FROM {}").format(keys))  # empty, unless merged twice in one transaction
+    dest.execute(sql.SQL(
+        "INSERT INTO {keys} SELECT k, differs IS NULL FROM (SELECT s.{key} AS k, "
         "(SELECT {diff} FROM {target} t WHERE t.{key} = s.{key}) AS differs "
         "FROM {stage} s WHERE s._disposition = 'loaded' AND {where} OFFSET 0) x "
         "WHERE differs IS NOT FALSE").format(
-        key=key, stage=stage, target=target, where=where, diff=_distinct_condition(entity, "t", "s"))
-    ).fetchall()
-    typ = sql.SQL(entity.key_type)
-    changed = [k for k, new in found if not new]
+        keys=keys, key=key, stage=stage, target=target, where=where,
+        diff=_distinct_condition(entity, "t", "s")))
+    new_rows, changed = dest.execute(sql.SQL(
+        "SELECT count(*) FILTER (WHERE new), count(*) FILTER (WHERE NOT new) FROM {}").format(keys)).fetchone()
     if changed:
-        changing = sql.SQL("t.{} = ANY({}::{}[])").format(key, sql.Literal(changed), typ)
+        # ARRAY(...): the keys are read once (an init plan), then the rows fetched by the primary key.
+        changing_keys = sql.SQL("ARRAY(SELECT k FROM {} WHERE NOT new)").format(keys)
+        changing = sql.SQL("t.{} = ANY({})").format(key, changing_keys)
         images.image_updates(dest, run_id, entity.schema_name, entity.target_table, changing)
         if entity.name == "users":
             images.image_updates(dest, run_id, "auth", "users", changing)
             images.image_updates(dest, run_id, "auth", "identities",
-                                 sql.SQL("t.user_id = ANY({}::uuid[])").format(sql.Literal(changed)))
+                                 sql.SQL("t.user_id = ANY({})").format(changing_keys))
     if entity.name == "users":
         # Every account of the range: a password can change while public.users stays identical.
         _upsert_auth(dest, table, where)
-    if not found:
+    if not new_rows + changed:
         return 0, 0
-    where = sql.SQL("s.{} = ANY({}::{}[])").format(key, sql.Literal([k for k, _ in found]), typ)
+    where = sql.SQL("s.{} = ANY(ARRAY(SELECT k FROM {}))").format(key, keys)
     row = dest.execute(
         sql.SQL(
             "WITH m AS (INSERT INTO {target} AS t ({cols}) SELECT {scols} FROM {stage} s "
