@@ -37,7 +37,7 @@ def tune_legacy(conn: psycopg.Connection) -> None:
     Only ``work_mem``: the fates sort and hash every user and conversation, and on
     disk that costs seconds. The planner's other choices are steered by the queries
     themselves (messages.sql parses its JSON in a plain subquery, which no Memoize
-    node wraps; the reconciliation filters the transform's output, not its inputs)."""
+    node wraps; ``extract.transform_query`` fences its output with ``OFFSET 0``)."""
     value = os.environ.get(LEGACY_WORK_MEM_ENV) or DEFAULT_LEGACY_WORK_MEM
     conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(value)))
 

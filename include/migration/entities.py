@@ -87,7 +87,7 @@ class Entity:
     @property
     def plain(self) -> bool:
         """Rows that are only their destination columns: no Auth accounts (users), no files
-        (media). Only these may load directly (direct.py) or skip an identical chunk (load.py)."""
+        (media). Only these may load directly (direct.py)."""
         return not self.extra_columns and self.hooks is None
 
     @property

@@ -186,19 +186,30 @@ def _delete_table(entity: Entity) -> tuple[str, str]:
     return ("auth", "users") if entity.name == "users" else (entity.schema_name, entity.target_table)
 
 
+def _key_table(dest: psycopg.Connection, entity: Entity) -> sql.Identifier:
+    """An empty temporary table of keys (``k``, ``new``) for one step of a load; it
+    holds the step's keys in the database, not in this process, and empties at commit.
+    Read it as ``= ANY(ARRAY(SELECT k FROM ...))``: the keys are read once (an init
+    plan), then the rows fetched by the primary key."""
+    keys = sql.Identifier(f"migration_keys_{entity.name}")
+    dest.execute(sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {} (k {} NOT NULL, new boolean NOT NULL) "
+                         "ON COMMIT DELETE ROWS").format(keys, sql.SQL(entity.key_type)))
+    dest.execute(sql.SQL("DELETE FROM {}").format(keys))  # empty, unless used twice in one transaction
+    return keys
+
+
 def _delete_with_images(dest: psycopg.Connection, entity: Entity, run_id: str, keys: sql.Composable) -> int:
     """Image, then delete, the destination rows whose key is in ``keys`` (a subquery)."""
     schema, table = _delete_table(entity)
-    # The keys are collected first, whole. Asked as "EXISTS (... IN (keys))", the
-    # planner chose a fast-start plan (one index probe of the stage per table row)
-    # that took seconds when, as usual, there is nothing to find.
-    found = sql.SQL("SELECT t.{key} FROM {t} t WHERE t.{key} IN ({keys})").format(
-        key=sql.Identifier(entity.key), t=sql.Identifier(schema, table), keys=keys)
-    present = [r[0] for r in dest.execute(found)]
-    if not present:
+    # The keys present are collected first, whole. Asked as "EXISTS (... IN (keys))",
+    # the planner chose a fast-start plan (one index probe of the stage per table
+    # row) that took seconds when, as usual, there is nothing to find.
+    present = _key_table(dest, entity)
+    collect = sql.SQL("INSERT INTO {present} SELECT t.{key}, false FROM {t} t WHERE t.{key} IN ({keys})").format(
+        present=present, key=sql.Identifier(entity.key), t=sql.Identifier(schema, table), keys=keys)
+    if not dest.execute(collect).rowcount:
         return 0  # the usual case: nothing to delete, so nothing to image either
-    where = sql.SQL("t.{} = ANY({}::{}[])").format(
-        sql.Identifier(entity.key), sql.Literal(present), sql.SQL(entity.key_type))
+    where = sql.SQL("t.{} = ANY(ARRAY(SELECT k FROM {}))").format(sql.Identifier(entity.key), present)
     images.image_deletes(dest, run_id, schema, table, where)
     if entity.name == "users" and auth_path() == "admin_api":
         return _delete_accounts_via_api(dest, where)
@@ -280,18 +291,14 @@ def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
     names = entity.column_names
     non_key = [c for c in names if c != entity.key]
     # The rows to write (new, or different from the destination's) are found
-    # once, into a temporary table of keys (a chunk's keys stay in the database,
-    # not in this process); the before-images and the upsert then fetch them by
-    # key. Identical rows are left out: an ON CONFLICT that finds nothing to
+    # once, into the key table; the before-images and the upsert then fetch them
+    # by key. Identical rows are left out: an ON CONFLICT that finds nothing to
     # change still pays a speculative insert and a row lock per row. The
     # comparison probes the table's primary key once per stage row (a correlated
     # subquery, NULL when the row is new): as a join, the planner hashed the
     # whole table for each chunk, the chunk's key range not carrying over to
     # the table's side.
-    keys = sql.Identifier(f"migration_chunk_keys_{entity.name}")
-    dest.execute(sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {} (k {} NOT NULL, new boolean NOT NULL) "
-                         "ON COMMIT DELETE ROWS").format(keys, sql.SQL(entity.key_type)))
-    dest.execute(sql.SQL("DELETE FROM {}").format(keys))  # empty, unless merged twice in one transaction
+    keys = _key_table(dest, entity)
     dest.execute(sql.SQL(
         "INSERT INTO {keys} SELECT k, differs IS NULL FROM (SELECT s.{key} AS k, "
         "(SELECT {diff} FROM {target} t WHERE t.{key} = s.{key}) AS differs "
@@ -302,7 +309,6 @@ def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
     new_rows, changed = dest.execute(sql.SQL(
         "SELECT count(*) FILTER (WHERE new), count(*) FILTER (WHERE NOT new) FROM {}").format(keys)).fetchone()
     if changed:
-        # ARRAY(...): the keys are read once (an init plan), then the rows fetched by the primary key.
         changing_keys = sql.SQL("ARRAY(SELECT k FROM {} WHERE NOT new)").format(keys)
         changing = sql.SQL("t.{} = ANY({})").format(key, changing_keys)
         images.image_updates(dest, run_id, entity.schema_name, entity.target_table, changing)

@@ -445,10 +445,8 @@ def expected_rows(conns: Conns, entity: Entity) -> int:
     with db.connection(conns.legacy) as legacy:
         legacy.read_only = True
         db.tune_legacy(legacy)
-        # OFFSET 0 keeps the filter out of the transform (see reconcile._source_rows).
         keys_loaded = legacy.execute(sql.SQL(
-            "SELECT count(*) FROM ({} OFFSET 0) t WHERE t._disposition = 'loaded'").format(query)
-        ).fetchone()[0]
+            "SELECT count(*) FROM ({}) t WHERE t._disposition = 'loaded'").format(query)).fetchone()[0]
     with db.connection(conns.dest) as dest:
         dest_only = dest.execute(
             "SELECT count(*) FROM migration.quarantine WHERE entity = %s AND (reason IN "

@@ -87,12 +87,7 @@ def _row_hash(entity: Entity, alias: str) -> sql.Composable:
 
 def _source_rows(entity: Entity, skip_keys: list[str]) -> sql.Composable:
     query = transform_query(entity, Scope(kind="all"))
-    # OFFSET 0: the filter applies to the transform's output. Pushed down into it,
-    # "_disposition = 'loaded'" became a condition on a fate expression the planner
-    # guessed at 0.5 % of the rows, and it chose per-row nested loops over the fates
-    # (quadratic: more than ten minutes for 150,000 conversations).
-    return sql.SQL("SELECT * FROM ({q} OFFSET 0) t WHERE t._disposition = 'loaded' "
-                   "AND NOT (t.{key}::text = ANY({skip}))")\
+    return sql.SQL("SELECT * FROM ({q}) t WHERE t._disposition = 'loaded' AND NOT (t.{key}::text = ANY({skip}))")\
         .format(q=query, key=sql.Identifier(entity.key), skip=sql.Literal(skip_keys))
 
 
