@@ -46,7 +46,7 @@ from include.migration import db, images, runs
 from include.migration import load as load_mod
 from include.migration.load import stage_ident, target_ident
 from include.migration.entities import ENTITIES, Entity
-from include.migration.extract import Scope, transform_query
+from include.migration.extract import Scope, index_stage, transform_query
 
 log = logging.getLogger(__name__)
 
@@ -405,9 +405,7 @@ def _unspool(dest: psycopg.Connection, entity: Entity, stage_table: str, spool: 
     dest.execute(sql.SQL("INSERT INTO {stage} ({names}) SELECT {names} FROM {side}").format(
         stage=stage_ident(stage_table), names=names, side=side))
     dest.execute(sql.SQL("DROP TABLE {}").format(side))
-    # The ledgers and the accounting join the stage on the key.
-    dest.execute(sql.SQL("CREATE INDEX ON {} ({})").format(stage_ident(stage_table), sql.Identifier(entity.key)))
-    dest.execute(sql.SQL("ANALYZE {} ({}, _disposition)").format(stage_ident(stage_table), sql.Identifier(entity.key)))
+    index_stage(dest, entity, stage_table)
 
 
 def _quarantine_orphans(dest: psycopg.Connection, entity: Entity, stage_table: str) -> int:

@@ -118,6 +118,15 @@ def create_stage(dest: psycopg.Connection, entity: Entity, table: str) -> None:
     dest.execute(sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(ident, cols))
 
 
+def index_stage(dest: psycopg.Connection, entity: Entity, table: str) -> None:
+    """The load reads the stage in key-ordered chunks and joins it on the key (so do the
+    ledgers and the accounting): an index and fresh statistics turn each into a range scan.
+    Statistics only of the columns those queries filter and join on, not the wide ones."""
+    stage = sql.Identifier("migration_stage", table)
+    dest.execute(sql.SQL("CREATE INDEX ON {} ({})").format(stage, sql.Identifier(entity.key)))
+    dest.execute(sql.SQL("ANALYZE {} ({}, _disposition, _reason)").format(stage, sql.Identifier(entity.key)))
+
+
 @dataclass
 class ExtractResult:
     stage_table: str
@@ -154,12 +163,7 @@ def extract(legacy_dsn: str, dest_dsn: str, entity: Entity, run_id: str, scope: 
                     wcur.copy(into_stage) as into:
                 copied = db.relay_copy(out, into, COPY_BLOCK)
             rows = wcur.rowcount
-        # The load reads the stage in key-ordered chunks and joins it on the key:
-        # an index and fresh statistics turn each chunk into a range scan.
-        stage = sql.Identifier("migration_stage", table)
-        dst.execute(sql.SQL("CREATE INDEX ON {} ({})").format(stage, sql.Identifier(entity.key)))
-        # Statistics of the columns the load's queries filter and join on (not the wide ones).
-        dst.execute(sql.SQL("ANALYZE {} ({}, _disposition, _reason)").format(stage, sql.Identifier(entity.key)))
+        index_stage(dst, entity, table)
         source_rows = None
         if scope.kind == "all" and scope.key_range is None:
             # Same snapshot as the COPY: the stage must hold every source row.
