@@ -301,7 +301,7 @@ def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) ->
     if dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(target)).fetchone()[0]:
         raise RuntimeError(
             f"{entity.name}: {entity.schema_name}.{entity.target_table} was empty when this run was extracted but "
-            "now holds rows (another run loaded it). Nothing was written. Clear this DAG run from its extract "
+            "now holds rows (another run loaded it). Nothing was written. Clear this DAG run from its plan "
             "task: it will stage and merge.")
     dest.execute("SET LOCAL session_replication_role = replica")
     dest.execute("SET LOCAL maintenance_work_mem = '256MB'")

@@ -113,7 +113,8 @@ def create_stage(dest: psycopg.Connection, entity: Entity, table: str) -> None:
         sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(typ)) for name, typ in entity.stage_columns
     )
     ident = sql.Identifier("migration_stage", table)
-    dest.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident))
+    # CASCADE: a partitioned run's stage has the partitions' stages as children.
+    dest.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(ident))
     # Unlogged: the stage is rebuilt from the source if the destination crashes.
     dest.execute(sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(ident, cols))
 
@@ -125,6 +126,39 @@ def index_stage(dest: psycopg.Connection, entity: Entity, table: str) -> None:
     stage = sql.Identifier("migration_stage", table)
     dest.execute(sql.SQL("CREATE INDEX ON {} ({})").format(stage, sql.Identifier(entity.key)))
     dest.execute(sql.SQL("ANALYZE {} ({}, _disposition, _reason)").format(stage, sql.Identifier(entity.key)))
+
+
+def key_ranges(legacy: psycopg.Connection, entity: Entity, partitions: int) -> list[tuple[str | None, str | None]]:
+    """``partitions`` key ranges (exclusive low, inclusive high; None: unbounded) of about
+    equal row counts, from the source table's key index. Fewer when the table has fewer
+    distinct keys than that; one, ``(None, None)``, for an empty table."""
+    if partitions <= 1:
+        return [(None, None)]
+    table = sql.Identifier("public", entity.source_table)
+    key = sql.Identifier(entity.key)
+    # Counted, not estimated: the planner's estimate of a live table can be far off.
+    rows = legacy.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
+    bounds: list[str] = []
+    for i in range(1, partitions):
+        # Partition i - 1 ends at the (rows * i / partitions)-th key, inclusive.
+        offset = rows * i // partitions - 1
+        if offset < 0:
+            continue
+        # t.key: a bare name in ORDER BY would be the output column, the key as text.
+        row = legacy.execute(sql.SQL("SELECT t.{key}::text FROM {table} t ORDER BY t.{key} OFFSET %s LIMIT 1").format(
+            key=key, table=table), (offset,)).fetchone()
+        if row is not None and row[0] is not None and (not bounds or row[0] != bounds[-1]):
+            bounds.append(row[0])
+    edges: list[str | None] = [None, *bounds, None]
+    return list(zip(edges, edges[1:], strict=False))
+
+
+def attach_partition(dest: psycopg.Connection, parent: str, child: str) -> None:
+    """Make a partition's stage a child of the run's stage: reading the run's stage reads
+    every partition. Takes a lock on the parent that concurrent attaches queue on, so it
+    runs last, just before the partition's commit."""
+    dest.execute(sql.SQL("ALTER TABLE {} INHERIT {}").format(
+        sql.Identifier("migration_stage", child), sql.Identifier("migration_stage", parent)))
 
 
 @dataclass
@@ -141,7 +175,10 @@ class ExtractResult:
 
 def extract(legacy_dsn: str, dest_dsn: str, entity: Entity, run_id: str, scope: Scope,
             *, partition: int | None = None) -> ExtractResult:
-    """Stream the scope's transformed rows into a fresh stage table; returns counts."""
+    """Stream the scope's transformed rows into a fresh stage table; returns counts.
+
+    With ``partition`` (and ``scope.key_range``), the rows of that key range go into
+    the partition's own stage, a child of the run's stage (``attach_partition``)."""
     table = stage_name(run_id, partition)
     started = time.perf_counter()
     with db.connection(legacy_dsn, application="migration-extract") as src, \
@@ -165,12 +202,14 @@ def extract(legacy_dsn: str, dest_dsn: str, entity: Entity, run_id: str, scope: 
             rows = wcur.rowcount
         index_stage(dst, entity, table)
         source_rows = None
-        if scope.kind == "all" and scope.key_range is None:
-            # Same snapshot as the COPY: the stage must hold every source row.
-            source_rows = src.execute(
-                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", entity.source_table))
-            ).fetchone()[0]
+        if scope.kind == "all":
+            # Same snapshot as the COPY: the stage must hold every source row (of the range).
+            source_rows = src.execute(sql.SQL("SELECT count(*) FROM {} {} WHERE {}").format(
+                sql.Identifier("public", entity.source_table), sql.Identifier(entity.alias),
+                scope_condition(entity, scope))).fetchone()[0]
         src.commit()
+        if partition is not None:
+            attach_partition(dst, stage_name(run_id), table)
         dst.commit()
     seconds = time.perf_counter() - started
     return ExtractResult(table, rows, copied, seconds, source_rows, snapshot_at)

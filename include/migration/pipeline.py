@@ -10,14 +10,16 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from include.migration import db, direct, extract as extract_mod, load as load_mod, runs
+from include.migration import db, direct, runs
+from include.migration import extract as extract_mod
+from include.migration import load as load_mod
 from include.migration.entities import Entity, get
 
 log = logging.getLogger(__name__)
@@ -83,41 +85,129 @@ def _hook(entity: Entity, name: str) -> Any:
 
 
 def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run: bool,
-            options: dict[str, Any] | None = None, load_method: str = "auto") -> dict[str, Any]:
-    """``options``: the entity's own params (see ``entity_hooks``), kept with the run for its later steps.
-    ``load_method``: see ``LOAD_METHODS``."""
+            options: dict[str, Any] | None = None, load_method: str = "auto", partitions: int = 1) -> dict[str, Any]:
+    """``plan`` and every partition's ``extract_partition``, in one call (tests, the benchmark;
+    the DAG runs the partitions as mapped tasks). Partitions run side by side in threads, as
+    mapped tasks on separate workers would."""
+    parts = plan(conns, entity_name, dag_run_id, mode=mode, dry_run=dry_run, options=options,
+                 load_method=load_method, partitions=partitions)
+    if len(parts) == 1:
+        return extract_partition(conns, entity_name, parts[0])
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix=f"extract-{entity_name}") as pool:
+        done = list(pool.map(lambda part: extract_partition(conns, entity_name, part), parts))
+    return {"run_id": parts[0]["run_id"], "stage_rows": sum(d["stage_rows"] for d in done),
+            "scope": done[0]["scope"], "load_method": "staged", "partitions": len(parts)}
+
+
+def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run: bool,
+         options: dict[str, Any] | None = None, load_method: str = "auto", partitions: int = 1) -> list[dict]:
+    """Start (or resume) the run: its scope, how it loads, and its partitions.
+
+    Returns one small descriptor per partition, for ``extract_partition`` (the DAG maps
+    its extract task over them). ``options``: the entity's own params (see
+    ``entity_hooks``), kept with the run for its later steps. ``load_method``: see
+    ``LOAD_METHODS``. ``partitions``: how many key ranges extract side by side; more
+    than one always stages (a direct load is one stream in one transaction)."""
     if load_method not in LOAD_METHODS:
         raise ValueError(f"load_method={load_method!r}: expected one of {', '.join(LOAD_METHODS)}")
+    if partitions < 1:
+        raise ValueError(f"partitions={partitions}: expected 1 or more")
     entity = get(entity_name)
     with db.connection(conns.dest) as dest:
         run = runs.start(dest, entity.name, dag_run_id, mode, dry_run)
         scope = extract_mod.plan_scope(dest, entity, mode)
-        why_staged = "the load_method param says staged"
-        if dry_run:
-            why_staged = "a dry run compares the stage with the destination"
-        elif scope.kind != "all":
-            why_staged = "an incremental run merges its changes"
-        elif load_method == "auto":
-            why_staged = direct.eligibility(dest, entity)
+        why_staged = _why_staged(dest, entity, scope, dry_run=dry_run, load_method=load_method,
+                                 partitions=partitions)
         method = "staged" if why_staged else "direct"
         runs.update(dest, run.run_id, report={"options": options or {}, "load_method": method})
         dest.commit()
     log.info("%s: %s run %s%s; scope: %s", entity.name, mode, run.run_id, " (dry run)" if dry_run else "",
              scope.describe())
+    descriptor = {"run_id": run.run_id, "scope": scope.kind, "load_method": method}
     if method == "direct":
         table = extract_mod.stage_name(run.run_id)
         with db.connection(conns.dest) as dest:
             extract_mod.create_stage(dest, entity, table)
             runs.update(dest, run.run_id, scope=scope.as_dict(), stage_table=table, stage_rows=None,
-                        source_rows=None, load_progress=None)
+                        source_rows=None, load_progress=None, report={"partitions": None})
             dest.commit()
         log.info("%s: %s.%s is empty, so the load will stream the transformed source straight into it "
                  "(direct load); nothing is staged now", entity.name, entity.schema_name, entity.target_table)
-        return {"run_id": run.run_id, "stage_rows": None, "scope": scope.kind, "load_method": method}
+        return [descriptor]
     if scope.kind == "all" and not dry_run:
         log.info("%s: loading through the stage: %s", entity.name, why_staged)
+    ranges: list[tuple[str | None, str | None]] = [(None, None)]
+    if partitions > 1:
+        with db.connection(conns.legacy) as legacy:
+            legacy.read_only = True
+            ranges = extract_mod.key_ranges(legacy, entity, partitions)
+    table = extract_mod.stage_name(run.run_id)
+    with db.connection(conns.dest) as dest:
+        if len(ranges) > 1:
+            # The run's stage: empty itself, the parent of every partition's stage.
+            extract_mod.create_stage(dest, entity, table)
+            extract_mod.index_stage(dest, entity, table)
+        runs.update(dest, run.run_id, scope=scope.as_dict(), stage_table=table, stage_rows=None,
+                    source_rows=None, load_progress=None, counts={"partitions": {}},
+                    report={"partitions": [list(r) for r in ranges] if len(ranges) > 1 else None})
+        dest.commit()
+    if len(ranges) > 1:
+        log.info("%s: %d partitions by %s: %s", entity.name, len(ranges), entity.key,
+                 "; ".join(_describe_range(r) for r in ranges))
+    elif partitions > 1:
+        log.info("%s: one partition, not %d: the source table has too few rows to split", entity.name,
+                 partitions)
+    if len(ranges) == 1:
+        return [descriptor]
+    return [{**descriptor, "partition": i, "of": len(ranges), "key_range": list(r)} for i, r in enumerate(ranges)]
+
+
+def _why_staged(dest, entity: Entity, scope: extract_mod.Scope, *, dry_run: bool, load_method: str,
+                partitions: int) -> str | None:
+    """Why the run goes through the stage, or None when it may load directly."""
+    if dry_run:
+        return "a dry run compares the stage with the destination"
+    if scope.kind != "all":
+        return "an incremental run merges its changes"
+    if partitions > 1:
+        return f"partitions={partitions}: the partitions extract side by side into the stage (a direct load is " \
+               "one stream)"
+    if load_method == "auto":
+        return direct.eligibility(dest, entity)
+    return "the load_method param says staged"
+
+
+def partition_label(part: dict[str, Any]) -> str:
+    """How the Airflow UI names a mapped extract task."""
+    if part.get("partition") is None:
+        return "direct load: streams in the load" if part["load_method"] == "direct" else "whole scope"
+    return f"{part['partition'] + 1}/{part['of']} {_describe_range(part['key_range'])}"
+
+
+def _describe_range(key_range: Any) -> str:
+    lo, hi = key_range
+    return f"({'start' if lo is None else lo}, {'end' if hi is None else hi}]"
+
+
+def extract_partition(conns: Conns, entity_name: str, part: dict[str, Any]) -> dict[str, Any]:
+    """Stream a partition's transformed source rows into its stage (the whole scope when the
+    run has one partition). A direct run stages nothing here: its load streams."""
+    entity = get(entity_name)
+    run_id = part["run_id"]
+    if part["load_method"] == "direct":
+        return {"run_id": run_id, "stage_rows": None, "scope": part["scope"], "load_method": "direct"}
+    with db.connection(conns.dest) as dest:
+        run = _run(dest, run_id)
+    scope = extract_mod.Scope(**run.scope)
+    partition = part.get("partition")
+    label = entity.name
+    if partition is not None:
+        scope.key_range = tuple(part["key_range"])
+        label = f"{entity.name} partition {partition_label(part)}"
     try:
-        res = extract_mod.extract(conns.legacy, conns.dest, entity, run.run_id, scope)
+        res = extract_mod.extract(conns.legacy, conns.dest, entity, run_id, scope, partition=partition)
     except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable, psycopg.errors.DatatypeMismatch,
             psycopg.errors.UndefinedFunction, psycopg.errors.InvalidBinaryRepresentation) as exc:
         raise SchemaMismatch(
@@ -126,24 +216,60 @@ def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_r
             "and how to clear it.") from None
     rate = res.rows / res.seconds if res.seconds else 0.0
     log.info("%s: extracted %s rows (%.1f MB) from %s into stage %s in %.2f s, %s rows/s",
-             entity.name, _fmt(res.rows), res.bytes / 1e6, db.describe(conns.legacy), res.stage_table,
+             label, _fmt(res.rows), res.bytes / 1e6, db.describe(conns.legacy), res.stage_table,
              res.seconds, _fmt(int(rate)))
+    extracted_at = res.snapshot_at.isoformat() if res.snapshot_at else None
     with db.connection(conns.dest) as dest:
-        runs.update(dest, run.run_id, scope=scope.as_dict(), stage_table=res.stage_table, stage_rows=res.rows,
-                    source_rows=res.source_rows, load_progress=None, counts={"extract_seconds": res.seconds},
-                    report={"extracted_at": res.snapshot_at.isoformat() if res.snapshot_at else None})
+        # A new stage: a load that had begun starts over (its merge writes no row twice).
+        if partition is None:
+            runs.update(dest, run_id, stage_rows=res.rows, source_rows=res.source_rows, load_progress=None,
+                        counts={"extract_seconds": res.seconds}, report={"extracted_at": extracted_at})
+        else:
+            runs.update(dest, run_id, load_progress=None)
+            runs.record_partition(dest, run_id, partition, {
+                "stage_table": res.stage_table, "rows": res.rows, "source_rows": res.source_rows,
+                "seconds": round(res.seconds, 3), "bytes": res.bytes, "extracted_at": extracted_at})
         dest.commit()
     if res.source_rows is not None and res.source_rows != res.rows:
         raise AccountingMismatch(
-            f"{entity.name}: the source has {res.source_rows} rows but {res.rows} reached the stage; "
+            f"{label}: the source has {res.source_rows} rows but {res.rows} reached the stage; "
             "nothing was loaded. Rerun; if it repeats, the transform SQL drops rows (a bug).")
-    return {"run_id": run.run_id, "stage_rows": res.rows, "scope": scope.kind, "load_method": method}
+    return {"run_id": run_id, "stage_rows": res.rows, "scope": scope.kind, "load_method": "staged",
+            **({"partition": partition} if partition is not None else {})}
+
+
+def gather_partitions(dest, entity: Entity, run: runs.Run) -> runs.Run:
+    """A partitioned run's stage totals, from its partitions' records: every partition must
+    have extracted. The run's snapshot time is its oldest partition's (see ``_refuse_older_stage``
+    and ``_advance_watermark``). Idempotent; returns the run as updated."""
+    ranges = run.report.get("partitions")
+    if not ranges:
+        return run
+    done = run.counts.get("partitions") or {}
+    missing = [str(i + 1) for i in range(len(ranges)) if str(i) not in done]
+    if missing:
+        raise RuntimeError(
+            f"{entity.name}: partitions {', '.join(missing)} of {len(ranges)} have not extracted (their extract "
+            "tasks failed or did not run); nothing was loaded. Clear this DAG run's failed extract tasks.")
+    parts = [done[str(i)] for i in range(len(ranges))]
+    source = [p["source_rows"] for p in parts]
+    snapshots = [p["extracted_at"] for p in parts if p.get("extracted_at")]
+    runs.update(dest, run.run_id, stage_rows=sum(p["rows"] for p in parts),
+                source_rows=None if None in source else sum(source),
+                counts={"extract_seconds": max(p["seconds"] for p in parts)},
+                report={"extracted_at": min(snapshots, key=datetime.fromisoformat) if snapshots else None,
+                        "snapshots_until": max(snapshots, key=datetime.fromisoformat) if snapshots else None})
+    # Statistics of the whole tree: the load's queries read the run's stage with its partitions.
+    dest.execute(sql.SQL("ANALYZE {} ({}, _disposition, _reason)").format(
+        sql.Identifier("migration_stage", run.stage_table), sql.Identifier(entity.key)))
+    dest.commit()
+    return _run(dest, run.run_id)
 
 
 def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     entity = get(entity_name)
     with db.connection(conns.dest) as dest:
-        run = _run(dest, run_id)
+        run = gather_partitions(dest, entity, _run(dest, run_id))
         if is_direct(run):
             log.info("%s: direct load: the destination checks run inside the load, on the streamed rows",
                      entity.name)
@@ -381,6 +507,11 @@ def _advance_watermark(dest, entity: Entity, run: runs.Run) -> None:
                 sql.Identifier(entity.key), sql.Identifier(entity.schema_name, entity.target_table))).fetchone()[0]
             if table_key is not None and (max_key is None or int(table_key) > int(max_key)):
                 max_key = table_key
+    if run.report.get("partitions") and change_ts is not None and run.report.get("extracted_at"):
+        # The partitions read the source at different moments: a change after the oldest
+        # partition's snapshot may be in a range already read, so the next run starts there.
+        oldest = datetime.fromisoformat(run.report["extracted_at"]).astimezone(UTC).replace(tzinfo=None)
+        change_ts = min(change_ts, oldest)
     old = runs.watermark(dest, entity.name)
     last_key = max_key if entity.append_only else None
     if entity.append_only and old and old.last_key and max_key and int(old.last_key) > int(max_key):
@@ -492,8 +623,9 @@ def finish(conns: Conns, run_id: str, status: str) -> None:
     with db.connection(conns.dest) as dest:
         run = runs.get(dest, run_id)
         if run and run.stage_table:
-            dest.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("migration_stage",
-                                                                                  run.stage_table)))
+            # CASCADE: with the partitions' stages, its children.
+            dest.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(
+                sql.Identifier("migration_stage", run.stage_table)))
         runs.update(dest, run_id, status=status, finished_at=_now(dest))
         dest.commit()
 
@@ -506,10 +638,11 @@ def run_entity(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str = "
                dry_run: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, validate_with_gx: bool = True,
                reconcile_after: bool = True, gate: dict | None = None,
                quarantine_threshold_pct: float = DEFAULT_QUARANTINE_THRESHOLD_PCT,
-               options: dict[str, Any] | None = None, load_method: str = "auto") -> dict[str, Any]:
+               options: dict[str, Any] | None = None, load_method: str = "auto",
+               partitions: int = 1) -> dict[str, Any]:
     """Every step of one entity's run, in order, without Airflow (tests, benchmark)."""
     out = extract(conns, entity_name, dag_run_id, mode=mode, dry_run=dry_run, options=options,
-                  load_method=load_method)
+                  load_method=load_method, partitions=partitions)
     run_id = out["run_id"]
     transform(conns, entity_name, run_id)
     if dry_run:

@@ -92,6 +92,15 @@ def update(conn: psycopg.Connection, run_id: str, **values: Any) -> None:
     )
 
 
+def record_partition(conn: psycopg.Connection, run_id: str, partition: int, figures: dict[str, Any]) -> None:
+    """Set ``counts.partitions.<partition>``. Partitions record side by side: the merge is one
+    statement, re-evaluated on the row as another partition left it."""
+    conn.execute(
+        "UPDATE migration.runs SET counts = jsonb_set(counts, '{partitions}', "
+        "coalesce(counts->'partitions', '{}') || jsonb_build_object(%s::text, %s::jsonb)) WHERE run_id = %s",
+        (str(partition), Jsonb(figures), run_id))
+
+
 @dataclass
 class Watermark:
     change_ts: datetime | None

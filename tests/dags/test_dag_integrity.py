@@ -58,7 +58,7 @@ def test_entity_dags_chain_the_steps_in_order():
     for name in ("users", "messages"):
         dag = entity_dag(name, "doc")
         assert dag.max_active_runs == 1
-        order = ["extract", "transform", "load", "validate", "reconcile"]
+        order = ["plan", "extract", "transform", "load", "validate", "reconcile"]
         for up, down in zip(order, order[1:]):
             assert dag.get_task(down).upstream_task_ids == {up}
         for key, param in dag.params.items():

@@ -105,10 +105,14 @@ def test_full_backfill_then_nothing_changes(seeded):
     inserted = changes["messages.inserted"]
     assert inserted and q(world.dest, "SELECT count(*) FROM public.messages WHERE id = ANY(%s::bigint[])",
                           inserted)[0][0] > 0
-    # A full run sees the hard deletes.
+    # A full run sees the hard deletes; split in two key ranges, extracted by two mapped tasks.
     for dag_id in CHAIN:
-        state, tasks = run_dag(dag_id, mode="full")
+        state, tasks = run_dag(dag_id, mode="full", partitions=2)
         assert state == "success", (dag_id, tasks)
+    split = q(world.dest, "SELECT entity, jsonb_array_length(report->'partitions'), "
+                          "(SELECT count(*) FROM jsonb_object_keys(counts->'partitions')), counts->'accounting'->>'balanced' "
+                          "FROM migration.runs WHERE jsonb_typeof(report->'partitions') = 'array'")
+    assert sorted(split) == [(e, 2, 2, "true") for e in ("agents", "conversations", "messages", "users")]
     for entity in ("agents", "conversations", "messages"):
         gone = changes.get(f"{entity}.hard_deleted", [])
         table = entity

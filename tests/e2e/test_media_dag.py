@@ -46,7 +46,7 @@ def test_media_dag_has_the_entity_shape_and_runs_after_messages(airflow_db):
     from include.migration.assets import ENTITY_ASSETS
 
     dag = load_dag("migrate_media")
-    order = ["extract", "transform", "load", "validate", "reconcile"]
+    order = ["plan", "extract", "transform", "load", "validate", "reconcile"]
     for up, down in zip(order, order[1:], strict=False):
         assert dag.get_task(down).upstream_task_ids == {up}
     assert dag.max_active_runs == 1
