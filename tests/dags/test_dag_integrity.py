@@ -64,4 +64,7 @@ def test_entity_dags_chain_the_steps_in_order():
         for key, param in dag.params.items():
             assert param.description, f"param {key} has no description"
         assert dag.params["mode"] == "incremental"
+        # One extract task per key-range partition, mapped over the plan's output at run time.
+        assert dag.get_task("extract").is_mapped and not dag.get_task("plan").is_mapped
+        assert dag.params["partitions"] == 1
         assert dag.doc_md == "doc"
