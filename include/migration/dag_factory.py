@@ -38,7 +38,8 @@ def entity_params() -> dict[str, Param]:
         "partitions": Param(1, type="integer", minimum=1, maximum=64, description=(
             "Split the source into this many key ranges of about equal size, each extracted by its own "
             "task (side by side, one per worker), into one stage that is then loaded as one. More than 1 "
-            "always stages (a direct load is one stream).")),
+            "always stages (a direct load is one stream); into an empty table the stage is then copied in "
+            "whole, indexes rebuilt after.")),
         "batch_size": Param(pipeline.DEFAULT_BATCH_SIZE, type="integer", minimum=100, maximum=1_000_000,
                             description="Rows per load chunk; each chunk commits in its own transaction."),
         "quarantine_threshold_pct": Param(pipeline.DEFAULT_QUARANTINE_THRESHOLD_PCT, type="number", minimum=0,

@@ -26,6 +26,10 @@ watermark.
 All or nothing: the stream, the destination checks, the index builds and the
 ledgers commit together with the run's progress mark. A crash anywhere before
 that commit leaves the table empty, and the rerun streams again.
+
+``load_stage`` is the same load for a run that has staged anyway (its extract
+ran in partitions, side by side): the stage's loaded rows go into the empty
+table in one ``COPY ... FREEZE`` between the same detach and rebuild.
 """
 
 from __future__ import annotations
@@ -279,13 +283,11 @@ def detach(dest: psycopg.Connection, entity: Entity) -> Detached:
 # The load
 
 
-def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) -> dict[str, Any]:
-    """Stream, check, index, ledger; commit once. ``dest`` holds the entity's lock.
-    Returns the direct load's figures (also stored in the run's counts)."""
-    assert run.stage_table is not None
-    started = time.perf_counter()
+def take_empty_table(dest: psycopg.Connection, entity: Entity) -> Detached:
+    """In ``dest``'s transaction: lock the table (``ACCESS EXCLUSIVE``) and its parents
+    (``SHARE``), make sure it is still empty, turn the per-row triggers off, drop its indexes
+    and constraints (returned, to rebuild), and empty it again so a ``COPY`` may freeze its rows."""
     target = target_ident(entity)
-    fields = len(entity.columns)
     timeout = os.environ.get(LOCK_TIMEOUT_ENV) or "60s"
     dest.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(timeout)))
     try:
@@ -300,7 +302,7 @@ def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) ->
             "parents) and gave up; another session is using them. Nothing was written; retry the load.") from None
     if dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(target)).fetchone()[0]:
         raise RuntimeError(
-            f"{entity.name}: {entity.schema_name}.{entity.target_table} was empty when this run was extracted but "
+            f"{entity.name}: {entity.schema_name}.{entity.target_table} was empty when this run was planned but "
             "now holds rows (another run loaded it). Nothing was written. Clear this DAG run from its plan "
             "task: it will stage and merge.")
     dest.execute("SET LOCAL session_replication_role = replica")
@@ -320,6 +322,28 @@ def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) ->
     # COPY FREEZE, the rows are visible at once to transactions that began before the
     # commit; nobody reads this table's empty state while the migration runs.
     dest.execute(sql.SQL("TRUNCATE {}").format(target))
+    return detached
+
+
+def rebuild(dest: psycopg.Connection, entity: Entity, detached: Detached) -> float:
+    """Put back what ``take_empty_table`` dropped; returns the seconds it took."""
+    started = time.perf_counter()
+    for statement in detached.rebuilds:
+        dest.execute(statement)
+    seconds = time.perf_counter() - started
+    log.info("%s: rebuilt %d indexes and constraints (%s) in %.2f s", entity.name, len(detached.names),
+             ", ".join(detached.names), seconds)
+    return seconds
+
+
+def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) -> dict[str, Any]:
+    """Stream, check, index, ledger; commit once. ``dest`` holds the entity's lock.
+    Returns the direct load's figures (also stored in the run's counts)."""
+    assert run.stage_table is not None
+    started = time.perf_counter()
+    target = target_ident(entity)
+    fields = len(entity.columns)
+    detached = take_empty_table(dest, entity)
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in entity.column_names)
     stream_started = time.perf_counter()
     with db.connection(conns.legacy, application="migration-direct") as src, \
@@ -360,14 +384,8 @@ def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) ->
     log.info("%s: destination checks: %d streamed rows quarantined (parent not in the destination); %d repaired "
              "rows loaded from the stage; repaired: %s", entity.name, moved, repaired,
              ", ".join(f"{k} {v}" for k, v in repairs.items()) or "none")
-    build_started = time.perf_counter()
-    for statement in detached.rebuilds:
-        dest.execute(statement)
-    build_seconds = time.perf_counter() - build_started
-    steps["index builds"] = build_seconds
+    steps["index builds"] = rebuild(dest, entity, detached)
     mark = time.perf_counter()
-    log.info("%s: rebuilt %d indexes and constraints (%s) in %.2f s", entity.name, len(detached.names),
-             ", ".join(detached.names), build_seconds)
     load_mod.record_ledgers(dest, entity, run.stage_table, run.run_id)
     _clean_ledgers(dest, entity, run.stage_table)
     images.record_insert_range(dest, run.run_id, entity.schema_name, entity.target_table, None, None)
@@ -387,6 +405,65 @@ def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) ->
     dest.commit()
     log.info("%s: direct load committed: %s rows inserted in %.2f s (%s)", entity.name, f"{inserted:,}", seconds,
              ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
+    return figures
+
+
+def load_stage(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) -> dict[str, Any]:
+    """A staged run into an empty table (a partitioned backfill): the stage's loaded rows go
+    into the table the way a direct load's stream does, by one binary ``COPY ... FREEZE``
+    with the table's indexes and constraints dropped and rebuilt after, instead of a merge
+    chunk by chunk. ``dest`` holds the entity's lock; the transform has already checked the
+    staged rows against the destination. One transaction with the ledgers and the progress
+    mark: a failure leaves the table empty, and the retry loads again."""
+    assert run.stage_table is not None
+    started = time.perf_counter()
+    target, stage = target_ident(entity), stage_ident(run.stage_table)
+    detached = take_empty_table(dest, entity)
+    steps = {"lock and detach": time.perf_counter() - started}
+    mark = time.perf_counter()
+    load_mod.record_ledgers(dest, entity, run.stage_table, run.run_id)
+    steps["ledgers"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in entity.column_names)
+    # The stage is read by a second session: this one is writing the table, in its transaction.
+    with db.connection(conns.dest, application="migration-bulk") as reader, \
+            reader.cursor() as rcur, dest.cursor() as wcur:
+        reader.read_only = True
+        with rcur.copy(sql.SQL("COPY (SELECT {cols} FROM {stage} WHERE _disposition = 'loaded') TO STDOUT "
+                               "(FORMAT BINARY)").format(cols=columns, stage=stage)) as rows, \
+                wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(target, columns)) as into:
+            copied = db.relay_copy(rows, into, FLUSH_BYTES)
+        inserted = wcur.rowcount
+        reader.rollback()
+    steps["copy"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    for ref in entity.parents:
+        # The parents are locked (SHARE) since before the copy: an orphan now means a
+        # parent left the destination after the transform checked the stage.
+        parent = ENTITIES[ref.parent]
+        orphans = dest.execute(sql.SQL(
+            "SELECT count(*) FROM {target} t WHERE t.{col} IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM {parent} p WHERE p.{pkey} = t.{col})").format(
+            target=target, col=sql.Identifier(ref.column), parent=target_ident(parent),
+            pkey=sql.Identifier(parent.key))).fetchone()[0]
+        if orphans:
+            raise RuntimeError(
+                f"{entity.name}: {orphans} staged rows reference a {ref.parent} row ({ref.column}) that left the "
+                "destination after the transform checked them; nothing was written. Clear this DAG run from its "
+                "transform task.")
+    dest.execute("SET LOCAL session_replication_role = origin")
+    steps["destination checks"] = time.perf_counter() - mark
+    steps["index builds"] = rebuild(dest, entity, detached)
+    images.record_insert_range(dest, run.run_id, entity.schema_name, entity.target_table, None, None)
+    seconds = time.perf_counter() - started
+    figures = {"inserted": inserted, "bytes": copied, "steps": {k: round(v, 3) for k, v in steps.items()},
+               "rebuilt": detached.names}
+    runs.update(dest, run.run_id, load_progress=DONE,
+                counts={"bulk": figures, "load": {"inserted": inserted, "updated": 0, "deleted": 0, "chunks": 1,
+                                                  "load_seconds": round(seconds, 3)}})
+    dest.commit()
+    log.info("%s: the stage loaded into the empty table in one COPY: %s rows inserted in %.2f s (%s)", entity.name,
+             f"{inserted:,}", seconds, ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
     return figures
 
 

@@ -121,7 +121,11 @@ def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run:
         why_staged = _why_staged(dest, entity, scope, dry_run=dry_run, load_method=load_method,
                                  partitions=partitions)
         method = "staged" if why_staged else "direct"
-        runs.update(dest, run.run_id, report={"options": options or {}, "load_method": method})
+        # A partitioned backfill into an empty table: staged, then copied in whole (direct.load_stage).
+        bulk = method == "staged" and partitions > 1 and load_method == "auto" and scope.kind == "all" \
+            and not dry_run and direct.eligibility(dest, entity) is None
+        runs.update(dest, run.run_id, report={"options": options or {}, "load_method": method,
+                                              "bulk_into_empty": bulk})
         dest.commit()
     log.info("%s: %s run %s%s; scope: %s", entity.name, mode, run.run_id, " (dry run)" if dry_run else "",
              scope.describe())
@@ -137,7 +141,9 @@ def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run:
                  "(direct load); nothing is staged now", entity.name, entity.schema_name, entity.target_table)
         return [descriptor]
     if scope.kind == "all" and not dry_run:
-        log.info("%s: loading through the stage: %s", entity.name, why_staged)
+        log.info("%s: loading through the stage: %s%s", entity.name, why_staged,
+                 f"; {entity.schema_name}.{entity.target_table} is empty, so the load will copy the stage into it "
+                 "in one COPY, its indexes rebuilt after" if bulk else "")
     ranges: list[tuple[str | None, str | None]] = [(None, None)]
     if partitions > 1:
         with db.connection(conns.legacy) as legacy:
@@ -337,6 +343,11 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
                 direct.load(conns, dest, entity, run)
                 run = _run(dest, run_id)
             result = load_mod.LoadResult.from_counts(run.counts["load"])
+        elif run.load_progress == direct.DONE or _bulk(dest, entity, run):
+            if run.load_progress != direct.DONE:
+                direct.load_stage(conns, dest, entity, run)
+                run = _run(dest, run_id)
+            result = load_mod.LoadResult.from_counts(run.counts["load"])
         else:
             before, after = _hook(entity, "before_merge"), _hook(entity, "after_merge")
             if before is not None and run.load_progress is None:
@@ -355,6 +366,18 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
     _enforce_quarantine_threshold(conns, entity, run, quarantine_threshold_pct)
     check_lockdown(conns)
     return {"run_id": run_id, **result.as_dict()}
+
+
+def _bulk(dest, entity: Entity, run: runs.Run) -> bool:
+    """Whether a staged run copies its stage into the empty table in one go (``direct.load_stage``):
+    planned so, not begun as a merge, and the table still fit for it."""
+    if not run.report.get("bulk_into_empty") or run.load_progress is not None:
+        return False
+    why_not = direct.eligibility(dest, entity)
+    dest.rollback()
+    if why_not:
+        log.info("%s: merging the stage chunk by chunk, not copying it in whole: %s", entity.name, why_not)
+    return why_not is None
 
 
 class LockdownBroken(RuntimeError):

@@ -69,6 +69,14 @@ def test_a_partitioned_run_leaves_what_one_stream_leaves(twin):
         assert (method, parts, len(done)) == ("staged", 3, 3), entity
         assert stage_rows == source_rows == sum(p["rows"] for p in done.values()), entity
         assert all(p["rows"] > 0 for p in done.values()), entity
+    # Into the empty tables the stage went in whole (one COPY, indexes rebuilt after); users
+    # (Auth accounts) merged chunk by chunk.
+    bulk = dict(fetch(split.dest, "SELECT entity, (counts->'bulk'->>'inserted')::int FROM migration.runs "
+                                  "WHERE dag_run_id = 'full'"))
+    loaded = dict(fetch(split.dest, "SELECT entity, (counts->'accounting'->>'loaded')::int FROM migration.runs "
+                                    "WHERE dag_run_id = 'full'"))
+    assert bulk == {"users": None, **{e: loaded[e] for e in ("agents", "conversations", "messages")}}
+    assert loaded["messages"] == BULK + 4
     for name in RELATIONAL:
         assert pipeline.reconcile(split, name, f"{name}:full")["verdict"] == "clean"
     # Every stage is gone once the run has finished, the partitions' with it.
@@ -77,6 +85,21 @@ def test_a_partitioned_run_leaves_what_one_stream_leaves(twin):
     again = run_all(split, "again", partitions=2)
     assert {name: again[name]["inserted"] + again[name]["updated"] + again[name]["deleted"]
             for name in RELATIONAL} == {name: 0 for name in RELATIONAL}
+    assert fetch(split.dest, "SELECT count(*) FROM migration.runs WHERE dag_run_id = 'again' "
+                             "AND (report->>'bulk_into_empty')::boolean") == [(0,)]
+
+
+def test_a_bulk_loaded_stage_puts_every_index_back_and_rolls_back(twin):
+    from include.migration import rollback
+    from tests.integration.test_direct_load import catalog
+
+    conns, _ = twin
+    before = catalog(conns.dest)
+    run_all(conns, "full", partitions=2)
+    assert catalog(conns.dest) == before
+    result = rollback.rollback(conns.dest, "messages:full")
+    assert result.verdicts["messages"] == "matches"
+    assert fetch(conns.dest, "SELECT count(*) FROM public.messages") == [(0,)]
 
 
 def test_a_missing_partition_stops_the_run_before_anything_loads(twin):
