@@ -48,9 +48,9 @@ from psycopg import sql
 
 from include.migration import db, images, runs
 from include.migration import load as load_mod
-from include.migration.load import stage_ident, target_ident
 from include.migration.entities import ENTITIES, Entity
 from include.migration.extract import Scope, index_stage, transform_query
+from include.migration.load import stage_ident, target_ident
 
 log = logging.getLogger(__name__)
 

@@ -52,17 +52,6 @@ def catalog(dsn: str) -> list[tuple]:
         ORDER BY 1, 2, 3""", tables, tables, tables)
 
 
-@pytest.fixture
-def twin(world, fresh_db):
-    """The world, and a second destination on the same legacy database."""
-    from include.migration.bootstrap import bootstrap
-
-    seed(world.legacy)
-    other = fresh_db("dest2")
-    bootstrap(other)
-    return world, pipeline.Conns(world.legacy, other)
-
-
 def methods(dsn: str, label: str = "full") -> dict[str, str]:
     return dict(fetch(dsn, "SELECT entity, report->>'load_method' FROM migration.runs WHERE dag_run_id = %s", label))
 

@@ -14,21 +14,10 @@ from include.migration import db, pipeline
 from include.migration.entities import get
 from include.migration.extract import key_ranges
 from tests import faults
-from tests.integration.test_direct_load import BULK, fetch, run_all, seed
+from tests.integration.test_direct_load import BULK, fetch, run_all
 from tests.integration.test_relational_pipeline import RELATIONAL, C
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def twin(world, fresh_db):
-    """The world, and a second destination on the same legacy database."""
-    from include.migration.bootstrap import bootstrap
-
-    seed(world.legacy)
-    other = fresh_db("dest2")
-    bootstrap(other)
-    return world, pipeline.Conns(world.legacy, other)
 
 
 def test_key_ranges_split_the_keys_into_even_contiguous_ranges(twin):
