@@ -113,10 +113,14 @@ def create_stage(dest: psycopg.Connection, entity: Entity, table: str) -> None:
         sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(typ)) for name, typ in entity.stage_columns
     )
     ident = sql.Identifier("migration_stage", table)
-    # CASCADE: a partitioned run's stage has the partitions' stages as children.
-    dest.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(ident))
+    drop_stage(dest, table)
     # Unlogged: the stage is rebuilt from the source if the destination crashes.
     dest.execute(sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(ident, cols))
+
+
+def drop_stage(dest: psycopg.Connection, table: str) -> None:
+    """Drop a stage, with its partitions' stages when it has them (its children)."""
+    dest.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier("migration_stage", table)))
 
 
 def index_stage(dest: psycopg.Connection, entity: Entity, table: str) -> None:
@@ -138,17 +142,12 @@ def key_ranges(legacy: psycopg.Connection, entity: Entity, partitions: int) -> l
     key = sql.Identifier(entity.key)
     # Counted, not estimated: the planner's estimate of a live table can be far off.
     rows = legacy.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
-    bounds: list[str] = []
-    for i in range(1, partitions):
-        # Partition i - 1 ends at the (rows * i / partitions)-th key, inclusive.
-        offset = rows * i // partitions - 1
-        if offset < 0:
-            continue
-        # t.key: a bare name in ORDER BY would be the output column, the key as text.
-        row = legacy.execute(sql.SQL("SELECT t.{key}::text FROM {table} t ORDER BY t.{key} OFFSET %s LIMIT 1").format(
-            key=key, table=table), (offset,)).fetchone()
-        if row is not None and row[0] is not None and (not bounds or row[0] != bounds[-1]):
-            bounds.append(row[0])
+    if rows == 0:
+        return [(None, None)]
+    step = -(-rows // partitions)  # ceil: at most `partitions` ranges
+    bounds = db.every_nth_key(legacy, table, key, step)
+    if bounds and len(bounds) * step == rows:
+        bounds.pop()  # the last key: nothing would follow it
     edges: list[str | None] = [None, *bounds, None]
     return list(zip(edges, edges[1:], strict=False))
 

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from include.migration import images, runs
+from include.migration import db, images, runs
 from include.migration.entities import ENTITIES, Entity
 
 log = logging.getLogger(__name__)
@@ -166,12 +166,8 @@ def chunk_bounds(dest: psycopg.Connection, entity: Entity, table: str, batch_siz
         key, sql.Literal(after), sql.SQL(entity.key_type))
     # Every batch_size-th key, then the last one (asked separately: count(*) OVER ()
     # would hold the whole key list in a tuplestore; and uuid has no max() before PostgreSQL 18).
-    bounds = [r[0] for r in dest.execute(
-        sql.SQL(
-            "SELECT k::text FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) AS n "
-            "FROM {stage} WHERE _disposition = 'loaded' AND {cond}) x WHERE n % {b} = 0 ORDER BY n"
-        ).format(key=key, stage=stage_ident(table), cond=cond, b=sql.Literal(batch_size))
-    )]
+    bounds = db.every_nth_key(dest, stage_ident(table), key, batch_size,
+                              sql.SQL("_disposition = 'loaded' AND {}").format(cond))
     last = dest.execute(sql.SQL("SELECT {key}::text AS k FROM {stage} WHERE _disposition = 'loaded' "
                                 "AND {cond} ORDER BY {stage}.{key} DESC LIMIT 1")
                         .format(key=key, stage=stage_ident(table), cond=cond)).fetchone()
@@ -342,14 +338,16 @@ def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
     return row[0], row[1]
 
 
-def _range(entity: Entity, alias: str, after: str | None, hi: str) -> sql.Composable:
-    """``alias.key`` in (after, hi]; no lower bound for the first chunk."""
+def _range(entity: Entity, alias: str, after: str | None, hi: str | None) -> sql.Composable:
+    """``alias.key`` in (after, hi]; None: no bound on that side."""
     key = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(entity.key))
     typ = sql.SQL(entity.key_type)
-    conds = [sql.SQL("{} <= {}::{}").format(key, sql.Literal(hi), typ)]
+    conds = []
+    if hi is not None:
+        conds.append(sql.SQL("{} <= {}::{}").format(key, sql.Literal(hi), typ))
     if after is not None:
         conds.append(sql.SQL("{} > {}::{}").format(key, sql.Literal(after), typ))
-    return sql.SQL(" AND ").join(conds)
+    return sql.SQL(" AND ").join(conds) if conds else sql.SQL("TRUE")
 
 
 def _range_is_empty(dest: psycopg.Connection, entity: Entity, after: str | None, hi: str) -> bool:
@@ -374,7 +372,7 @@ def _insert_range(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
     ).format(target=target_ident(entity), cols=_cols(names), scols=_cols(names, "s"), stage=stage_ident(table),
              where=where)).rowcount
     if set_based:
-        _check_parents(dest, entity, after, hi)
+        check_parents(dest, entity, after, hi)
     images.record_insert_range(dest, run_id, *_delete_table(entity), after, hi)
     return inserted
 
@@ -383,7 +381,7 @@ def _defer_fk_checks(dest: psycopg.Connection) -> bool:
     """Turn off the per-row foreign-key triggers for this chunk's transaction.
 
     A foreign-key trigger checks one row at a time (an index probe through
-    SPI: most of a bulk insert's cost); ``_check_parents`` does the same
+    SPI: most of a bulk insert's cost); ``check_parents`` does the same
     check for the whole chunk in one query, and locks the parent rows
     ``FOR KEY SHARE`` exactly as the triggers would, so a concurrent delete of
     a parent still waits for this transaction. Needs permission to set
@@ -398,24 +396,28 @@ def _defer_fk_checks(dest: psycopg.Connection) -> bool:
         return False
 
 
-def _check_parents(dest: psycopg.Connection, entity: Entity, after: str | None, hi: str) -> None:
-    """The foreign-key check of one chunk, set-based; raises (rolling the chunk back) on an orphan."""
+def check_parents(dest: psycopg.Connection, entity: Entity, after: str | None, hi: str | None, *,
+                  lock: bool = True) -> None:
+    """The foreign-key check of the keys (after, hi] (None: unbounded), set-based; raises
+    (rolling the transaction back) on an orphan. ``lock``: lock the parent rows as the
+    triggers would; not needed when the parent tables are locked whole."""
     dest.execute("SET LOCAL session_replication_role = origin")
     for ref in entity.parents:
         parent = ENTITIES[ref.parent]
         col, pkey = sql.Identifier(ref.column), sql.Identifier(parent.key)
         chunk = sql.SQL("SELECT t.{col} FROM {target} t WHERE {rng} AND t.{col} IS NOT NULL").format(
             col=col, target=target_ident(entity), rng=_range(entity, "t", after, hi))
-        dest.execute(sql.SQL("SELECT 1 FROM {parent} p WHERE p.{pkey} IN ({chunk}) FOR KEY SHARE").format(
-            parent=target_ident(parent), pkey=pkey, chunk=chunk))
+        if lock:
+            dest.execute(sql.SQL("SELECT 1 FROM {parent} p WHERE p.{pkey} IN ({chunk}) FOR KEY SHARE").format(
+                parent=target_ident(parent), pkey=pkey, chunk=chunk))
         orphans = dest.execute(sql.SQL(
             "SELECT count(*) FROM ({chunk}) c({col}) WHERE NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{pkey} = c.{col})"
         ).format(chunk=chunk, col=col, parent=target_ident(parent), pkey=pkey)).fetchone()[0]
         if orphans:
             raise RuntimeError(
-                f"{entity.name}: {orphans} rows of keys ({after or 'start'} .. {hi}] reference a missing "
-                f"{ref.parent} row ({ref.column}); the chunk was rolled back. A parent was deleted while this "
-                "run loaded: rerun the DAG run.")
+                f"{entity.name}: {orphans} rows of keys ({after or 'start'} .. {hi or 'end'}] reference a missing "
+                f"{ref.parent} row ({ref.column}); the load's transaction was rolled back. A parent was deleted "
+                "while this run loaded: rerun the DAG run.")
 
 
 def _upsert_auth(dest: psycopg.Connection, table: str, where: sql.Composable) -> None:

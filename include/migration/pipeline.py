@@ -263,8 +263,7 @@ def gather_partitions(dest, entity: Entity, run: runs.Run) -> runs.Run:
     runs.update(dest, run.run_id, stage_rows=sum(p["rows"] for p in parts),
                 source_rows=None if None in source else sum(source),
                 counts={"extract_seconds": max(p["seconds"] for p in parts)},
-                report={"extracted_at": min(snapshots, key=datetime.fromisoformat) if snapshots else None,
-                        "snapshots_until": max(snapshots, key=datetime.fromisoformat) if snapshots else None})
+                report={"extracted_at": min(snapshots, key=datetime.fromisoformat) if snapshots else None})
     # Statistics of the whole tree: the load's queries read the run's stage with its partitions.
     dest.execute(sql.SQL("ANALYZE {} ({}, _disposition, _reason)").format(
         sql.Identifier("migration_stage", run.stage_table), sql.Identifier(entity.key)))
@@ -338,14 +337,10 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
             wm = runs.watermark(dest, entity.name)
             runs.update(dest, run_id, report={"watermark_before": runs.jsonable(wm.__dict__) if wm else None})
             dest.commit()
-        if is_direct(run):
+        if is_direct(run) or run.load_progress == direct.DONE or _bulk(dest, entity, run):
+            # One transaction into the empty table: the stream (direct), or the stage copied in whole.
             if run.load_progress != direct.DONE:
-                direct.load(conns, dest, entity, run)
-                run = _run(dest, run_id)
-            result = load_mod.LoadResult.from_counts(run.counts["load"])
-        elif run.load_progress == direct.DONE or _bulk(dest, entity, run):
-            if run.load_progress != direct.DONE:
-                direct.load_stage(conns, dest, entity, run)
+                (direct.load if is_direct(run) else direct.load_stage)(conns, dest, entity, run)
                 run = _run(dest, run_id)
             result = load_mod.LoadResult.from_counts(run.counts["load"])
         else:
@@ -646,9 +641,7 @@ def finish(conns: Conns, run_id: str, status: str) -> None:
     with db.connection(conns.dest) as dest:
         run = runs.get(dest, run_id)
         if run and run.stage_table:
-            # CASCADE: with the partitions' stages, its children.
-            dest.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(
-                sql.Identifier("migration_stage", run.stage_table)))
+            extract_mod.drop_stage(dest, run.stage_table)
         runs.update(dest, run_id, status=status, finished_at=_now(dest))
         dest.commit()
 

@@ -128,3 +128,22 @@ def test_the_next_run_starts_at_the_oldest_partition_snapshot(twin):
     assert extracted_at == oldest
     (change_ts,), = fetch(conns.dest, "SELECT change_ts FROM migration.watermarks WHERE entity = 'messages'")
     assert change_ts == datetime.fromisoformat(oldest).astimezone(UTC).replace(tzinfo=None)
+
+
+def test_a_parent_gone_before_the_bulk_copy_rolls_it_back(twin):
+    """The transform checked the stage against the destination; a parent deleted after that
+    is found by the bulk load's own check, and nothing is written."""
+    conns, _ = twin
+    for name in ("users", "agents", "conversations"):
+        pipeline.run_entity(conns, name, "full", mode="full", validate_with_gx=False, quarantine_threshold_pct=100)
+    parts = pipeline.plan(conns, "messages", "split", mode="full", dry_run=False, partitions=2)
+    run_id = parts[0]["run_id"]
+    for part in parts:
+        pipeline.extract_partition(conns, "messages", part)
+    pipeline.transform(conns, "messages", run_id)
+    with psycopg.connect(conns.dest, autocommit=True) as conn:
+        conn.execute("DELETE FROM public.conversations WHERE id = %s", (C[1],))
+    with pytest.raises(RuntimeError, match=r"reference a missing conversations row"):
+        pipeline.load(conns, "messages", run_id, quarantine_threshold_pct=100)
+    assert fetch(conns.dest, "SELECT count(*) FROM public.messages") == [(0,)]
+    assert fetch(conns.dest, "SELECT load_progress FROM migration.runs WHERE run_id = %s", run_id) == [(None,)]
