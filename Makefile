@@ -25,16 +25,16 @@ test-fast: setup
 	$(PY) -m pytest tests -m "not slow"
 
 demo: setup
-	$(PY) -m include.migration.demo run --scale $(SCALE) --port $(PG_PORT)
+	$(PY) -m local_runtime.demo run --scale $(SCALE) --port $(PG_PORT)
 
 stop: setup
-	$(PY) -m include.migration.demo stop --port $(PG_PORT)
+	$(PY) -m local_runtime.demo stop --port $(PG_PORT)
 
 env: setup
-	$(PY) -m include.migration.demo env --port $(PG_PORT)
+	$(PY) -m local_runtime.demo env --port $(PG_PORT)
 
 bench: setup
-	$(PY) -m include.migration.bench --scale $(SCALE)
+	$(PY) -m local_runtime.bench --scale $(SCALE)
 
 # Regenerate the full pin list from a real resolve of requirements.txt.
 constraints:

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from airflow.sdk import dag, task
 
-from include.migration.alerts import on_task_failure
+from include.orchestration.alerts import on_task_failure
 from include.migration.entities import ORDER
 
 
@@ -39,7 +39,7 @@ def cutover_check():
 
     @task(trigger_rule="all_done")
     def verdict(run_id: str | None = None) -> dict:
-        from include.migration.ops import cutover_task
+        from include.orchestration.tasks import cutover_task
 
         return cutover_task(run_id)
 

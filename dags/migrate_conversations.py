@@ -10,6 +10,6 @@ Params: `mode` (full / incremental), `dry_run`, `batch_size`, `quarantine_thresh
 
 from airflow.sdk import DAG
 
-from include.migration.dag_factory import entity_dag
+from include.orchestration.dag_factory import entity_dag
 
 dag: DAG = entity_dag("conversations", __doc__)

@@ -23,6 +23,6 @@ and upload settings. Each task log ends with files, bytes, MB/s and the outcome 
 
 from airflow.sdk import DAG
 
-from include.migration.dag_factory import entity_dag
+from include.orchestration.dag_factory import entity_dag
 
 dag: DAG = entity_dag("media", __doc__)

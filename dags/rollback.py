@@ -12,7 +12,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from include.migration.alerts import on_task_failure
+from include.orchestration.alerts import on_task_failure
 
 
 @dag(
@@ -34,7 +34,7 @@ from include.migration.alerts import on_task_failure
 def rollback_dag():
     @task
     def rollback(params: dict | None = None) -> dict:
-        from include.migration.ops import rollback_task
+        from include.orchestration.tasks import rollback_task
 
         return rollback_task(params["run_id"], bool(params["since"]))
 

@@ -41,8 +41,8 @@ from typing import Any
 
 from airflow.sdk import Param, dag, task
 
-from include.migration.alerts import on_task_failure
-from include.migration.assets import SCHEMA_CHECK
+from include.orchestration.alerts import on_task_failure
+from include.orchestration.assets import SCHEMA_CHECK
 
 
 @dag(

@@ -32,7 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     uri = os.environ.get("TEST_PG_URI")
     if not uri:
-        from include.migration import local_pg
+        from local_runtime import postgres as local_pg
 
         tmp = Path(tempfile.mkdtemp(prefix="migration-tests-"))
         port = _free_port()
@@ -61,7 +61,7 @@ def _sqlalchemy(uri: str) -> str:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if "embedded" in _STATE:
-        from include.migration import local_pg
+        from local_runtime import postgres as local_pg
 
         local_pg.stop(_STATE.pop("embedded"))
 

@@ -221,7 +221,7 @@ def _delete_accounts_via_api(dest: psycopg.Connection, where: sql.Composable) ->
     answer. What gets committed early (before-images, the merge moves) is
     idempotent, so a crash before the deletes leaves work the rerun repeats.
     """
-    from include.migration import auth_admin
+    from include.supabase import auth_admin
 
     ids = [str(r[0]) for r in dest.execute(sql.SQL("SELECT t.id FROM auth.users t WHERE {}").format(where))]
     dest.commit()
@@ -259,7 +259,7 @@ def _merge_losers_present(dest: psycopg.Connection, table: str, run_id: str) -> 
     dest.execute("UPDATE public.users SET email = 'merged+' || id || '@migration.invalid' WHERE id = ANY(%s)",
                  (loser_ids,))
     if auth_path() == "admin_api":
-        from include.migration import auth_admin
+        from include.supabase import auth_admin
 
         auth_admin.set_emails({str(i): f"merged+{i}@migration.invalid" for i in loser_ids})
     else:
@@ -422,7 +422,7 @@ def check_parents(dest: psycopg.Connection, entity: Entity, after: str | None, h
 
 def _upsert_auth(dest: psycopg.Connection, table: str, where: sql.Composable) -> None:
     if auth_path() == "admin_api":
-        from include.migration import auth_admin
+        from include.supabase import auth_admin
 
         # GoTrue writes the accounts in its own transactions, before this
         # chunk's INSERT into public.users (whose foreign key needs them), so
@@ -431,7 +431,7 @@ def _upsert_auth(dest: psycopg.Connection, table: str, where: sql.Composable) ->
         # the rerun finds unchanged (no writes) before loading the chunk again.
         auth_admin.sync_staged_accounts(dest, stage_ident(table), where)
         return
-    from include.migration import auth
+    from include.supabase import auth
 
     auth.upsert_accounts(dest, stage_ident(table), where)
 

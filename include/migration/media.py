@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from include.migration.entities import Entity
-    from include.migration.media_files import LocalMediaSource, UploadItem, UploadResult
+    from include.supabase.storage import LocalMediaSource, UploadItem, UploadResult
     from include.migration.pipeline import Conns
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ def media_source() -> LocalMediaSource:
     """The legacy media root of the ``legacy_media`` connection (extra ``path``)."""
     from airflow.sdk import BaseHook
 
-    from include.migration.media_files import LocalMediaSource
+    from include.supabase.storage import LocalMediaSource
 
     conn = BaseHook.get_connection(MEDIA_CONN_ID)
     root = (conn.extra_dejson or {}).get("path")
@@ -293,7 +293,7 @@ def media_source() -> LocalMediaSource:
 
 def remove_from_storage(paths: list[str]) -> list[str]:
     """Remove objects from the media bucket; the rollback's ``storage_remover``."""
-    from include.migration.media_files import remove_objects
+    from include.supabase.storage import remove_objects
 
     removed = remove_objects(storage_client(), BUCKET, paths)
     log.info("media: removed %d of %d objects from bucket %r", len(removed), len(paths), BUCKET)
@@ -346,7 +346,7 @@ def read_file(source: Any, key: str) -> tuple[int, str, bytes] | None:
 
 def resolve_mime(legacy: str | None, head: bytes, file_name: str, storage_key: str) -> tuple[str, str | None]:
     """The MIME type to store, and the repair it took (None: the row's own, unchanged)."""
-    from include.migration.media_files import sniff_mime
+    from include.supabase.storage import sniff_mime
 
     declared = (legacy or "").split(";", 1)[0].strip().lower()
     if declared not in _GENERIC_MIME and "/" in declared:
@@ -360,7 +360,7 @@ def resolve_mime(legacy: str | None, head: bytes, file_name: str, storage_key: s
 
 def check_file(source: Any, settings: MediaSettings, row: Sequence[Any]) -> FileCheck:
     """Read one staged row's file and decide: loadable with its facts, or quarantined and why."""
-    from include.migration.media_files import MediaPathError
+    from include.supabase.storage import MediaPathError
 
     media_id, owner_id, file_name, key, legacy_mime, legacy_size, legacy_sha = row
     try:
@@ -415,7 +415,7 @@ def _admit(
     repairs: tuple[str, ...],
 ) -> FileCheck:
     """The bucket's rules (size, MIME type) and the object's name."""
-    from include.migration.media_files import mime_allowed, object_path
+    from include.supabase.storage import mime_allowed, object_path
 
     if size > settings.file_size_limit:
         return FileCheck(
@@ -642,7 +642,7 @@ def _verify_upload(
     client: Any, bucket: str, item: UploadItem, result: UploadResult
 ) -> tuple[str, str, str | None]:
     """Download a new object back and compare it with the source: (outcome, detail, problem)."""
-    from include.migration.media_files import remove_objects, verify_object
+    from include.supabase.storage import remove_objects, verify_object
 
     last: Exception | None = None
     for attempt in range(VERIFY_TRIES):
@@ -677,7 +677,7 @@ def _detail(result: UploadResult) -> str:
 
 def before_merge(conns: Conns, dest: psycopg.Connection, entity: Entity, run: runs.Run) -> None:
     """Upload every loadable staged file, verify, record; quarantine the rows whose file did not land."""
-    from include.migration.media_files import ensure_bucket
+    from include.supabase.storage import ensure_bucket
 
     settings = MediaSettings.from_options(run.report.get("options"))
     stage = _stage(run)
@@ -774,7 +774,7 @@ def _upload_all(
     recorder: UploadRecorder,
 ) -> None:
     """Stream the loadable rows into the uploader; verify new objects in a second pool as they land."""
-    from include.migration.media_files import StorageUploader
+    from include.supabase.storage import StorageUploader
 
     inflight: dict[str, UploadItem] = {}
     verifying: set[Future[tuple[UploadItem, UploadResult, tuple[str, str, str | None]]]] = set()
@@ -829,7 +829,7 @@ def _upload_all(
 
 
 def _items(cur: Any, source: Any, inflight: dict[str, UploadItem]) -> Iterator[UploadItem]:
-    from include.migration.media_files import UploadItem
+    from include.supabase.storage import UploadItem
 
     for path, mime, size, sha, key in cur:
         item = UploadItem(path, mime, size, sha, partial(source.open, key))
@@ -883,7 +883,7 @@ def sweep_orphans(dest: psycopg.Connection, run_id: str, settings: MediaSettings
     Only paths with an 'uploaded' record newer than their last 'removed' one
     are candidates: an object the migration never wrote is never touched.
     """
-    from include.migration.media_files import remove_objects
+    from include.supabase.storage import remove_objects
 
     candidates = [
         r[0]
@@ -974,7 +974,7 @@ def reconcile_storage(
 ) -> StorageReconciliation | None:
     """Compare every ``public.media`` row with its object; None when there is nothing on either side
     to compare (no row and no upload ever recorded: Storage is not contacted). ``run_id`` seeds the sample."""
-    from include.migration.media_files import list_objects
+    from include.supabase.storage import list_objects
 
     started = time.perf_counter()
     with db.connection(dest_dsn, application="migration-reconcile-media") as conn:
@@ -1002,7 +1002,7 @@ def _compare_rows(
     rows: list[tuple], listing: dict[str, int], settings: MediaSettings, result: StorageReconciliation
 ) -> list[tuple[str, int, str]]:
     """Row by row against the listing; returns the objects whose bytes may be hashed."""
-    from include.migration.media_files import object_path
+    from include.supabase.storage import object_path
 
     to_hash = []
     for media_id, owner_id, file_name, bucket, path, size, sha in rows:
@@ -1027,7 +1027,7 @@ def _compare_rows(
 def _hash_objects(
     client: Any, settings: MediaSettings, objects: list[tuple[str, int, str]], result: StorageReconciliation
 ) -> None:
-    from include.migration.media_files import verify_object
+    from include.supabase.storage import verify_object
 
     def check(obj: tuple[str, int, str]) -> tuple[str, str | None]:
         path, size, sha = obj

@@ -53,7 +53,7 @@ def test_the_check_catches_a_dag_that_connects_at_parse_time(tmp_path):
 def test_entity_dags_chain_the_steps_in_order():
     from airflow.sdk.definitions.dag import DAG  # noqa: F401  (Airflow must import)
 
-    from include.migration.dag_factory import entity_dag
+    from include.orchestration.dag_factory import entity_dag
 
     for name in ("users", "messages"):
         dag = entity_dag(name, "doc")

@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from include.migration import local_airflow
+from local_runtime import airflow_stack as local_airflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(330)]
 

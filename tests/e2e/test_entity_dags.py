@@ -20,7 +20,7 @@ def q(dsn: str, query: str, *args):
 
 @pytest.fixture
 def seeded(airflow_world, tmp_path):
-    from include.migration.legacy_world import seed
+    from local_runtime.world import seed
 
     report = seed(airflow_world.legacy, scale="small", media_root=tmp_path / "media")
     return airflow_world, report
@@ -89,7 +89,7 @@ def test_full_backfill_then_nothing_changes(seeded):
 
     # The app keeps running: updates, inserts, soft and hard deletes; the nightly incremental follows.
     from include.migration.entities import get
-    from include.migration.legacy_world import apply_changes
+    from local_runtime.world import apply_changes
     from include.migration.reconcile import reconcile
 
     changes = apply_changes(world.legacy, seed=7, fraction=0.01).changes

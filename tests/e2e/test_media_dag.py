@@ -25,8 +25,8 @@ def q(dsn: str, query: str, *args):
 
 @pytest.fixture
 def media_world(airflow_world, tmp_path, monkeypatch):
-    from include.migration.legacy_world import seed
-    from include.migration.storage_standin import StorageStandIn
+    from local_runtime.world import seed
+    from local_runtime.standins.storage import StorageStandIn
 
     root = tmp_path / "media"
     report = seed(airflow_world.legacy, scale="small", media_root=root)
@@ -43,7 +43,7 @@ def media_world(airflow_world, tmp_path, monkeypatch):
 
 
 def test_media_dag_has_the_entity_shape_and_runs_after_messages(airflow_db):
-    from include.migration.assets import ENTITY_ASSETS
+    from include.orchestration.assets import ENTITY_ASSETS
 
     dag = load_dag("migrate_media")
     order = ["plan", "extract", "transform", "load", "validate", "reconcile"]

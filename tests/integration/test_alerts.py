@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from include.migration import alerts
+from include.orchestration import alerts
 
 
 @pytest.fixture

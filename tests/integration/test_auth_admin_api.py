@@ -22,13 +22,13 @@ from supabase import Client, ClientOptions, create_client
 from supabase_auth.errors import AuthApiError
 
 from include.migration import pipeline
-from include.migration.auth_admin import (
+from include.supabase.auth_admin import (
     AccountRow,
     RetryPolicy,
     sync_accounts_via_admin_api,
     unsupported_hash_reason,
 )
-from include.migration.auth_standin import AuthStandIn, make_jwt
+from local_runtime.standins.auth import AuthStandIn, make_jwt
 from include.migration.bootstrap import bootstrap
 
 pytestmark = pytest.mark.integration

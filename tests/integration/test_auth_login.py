@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 from include.migration import pipeline
-from include.migration.report import password_check
+from local_runtime.report import password_check
 
 # The relational entities (media has its own tests: it needs Storage).
 RELATIONAL = ("users", "agents", "conversations", "messages")
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture
 def migrated(world, tmp_path):
-    from include.migration.legacy_world import seed
+    from local_runtime.world import seed
 
     report = seed(world.legacy, scale="small", media_root=tmp_path / "media")
     for name in RELATIONAL:

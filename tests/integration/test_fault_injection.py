@@ -29,7 +29,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from include.migration import db, local_pg, pipeline
+from include.migration import db, pipeline
+from local_runtime import postgres as local_pg
 from include.migration.bootstrap import bootstrap
 from include.migration.entities import get
 from include.migration.load import chunk_bounds
@@ -126,7 +127,7 @@ def _chunk_rows(dsn: str, entity: str) -> tuple[list[str], dict[str, int]]:
 
 @pytest.fixture(scope="module")
 def templates(server: Server, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
-    from include.migration import legacy_world
+    from local_runtime import world as legacy_world
 
     with server.admin() as conn:
         for name in ("seeded_legacy", "tpl_users_staged"):

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from include.migration.legacy_world import (
+from local_runtime.world import (
     QUARANTINE_KINDS,
     TABLES,
     ChangeReport,

@@ -30,9 +30,9 @@ from psycopg import sql
 
 from include.migration import media, pipeline
 from include.migration.entities import get
-from include.migration.legacy_world import WorldReport, seed
-from include.migration.media_files import ensure_bucket, list_objects, object_path
-from include.migration.storage_standin import StorageStandIn
+from local_runtime.world import WorldReport, seed
+from include.supabase.storage import ensure_bucket, list_objects, object_path
+from local_runtime.standins.storage import StorageStandIn
 from tests.conftest import create_database, drop_database
 
 pytestmark = pytest.mark.integration

@@ -278,7 +278,7 @@ def test_load_fails_when_the_destination_is_not_locked_down(world):
 
 
 def test_demo_report_shows_every_run_adding_up(world):
-    from include.migration.report import demo_report
+    from local_runtime.report import demo_report
 
     seed_rules_world(world.legacy)
     run_all(world, "rep")

@@ -28,7 +28,7 @@ import pytest
 from storage3.exceptions import StorageApiError
 from supabase import Client, ClientOptions, create_client
 
-from include.migration.media_files import (
+from include.supabase.storage import (
     BucketSettingsMismatch,
     LocalMediaSource,
     MediaPathError,
@@ -42,7 +42,7 @@ from include.migration.media_files import (
     sniff_mime,
     verify_object,
 )
-from include.migration.storage_standin import StorageStandIn, is_valid_key, make_jwt
+from local_runtime.standins.storage import StorageStandIn, is_valid_key, make_jwt
 
 pytestmark = pytest.mark.integration
 
@@ -294,7 +294,7 @@ def test_list_walks_folders_and_remove_deletes(target: Target) -> None:
 
 
 def test_list_pages_past_the_page_size(target: Target, monkeypatch: pytest.MonkeyPatch) -> None:
-    import include.migration.media_files as media_files
+    import include.supabase.storage as media_files
 
     monkeypatch.setattr(media_files, "LIST_PAGE_SIZE", 3)
     client = target.client()

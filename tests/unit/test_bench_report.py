@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from include.migration import bench
+from local_runtime import bench
 
 
 def row(step: str, entity: str, seconds: float, rows: int | None = None, **extra) -> dict:

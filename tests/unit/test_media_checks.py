@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from include.migration.media import MediaSettings, check_file, project_url
-from include.migration.media_files import LocalMediaSource
+from include.supabase.storage import LocalMediaSource
 
 OWNER = "00000000-0000-4000-8000-000000000001"
 MEDIA = "00000000-0000-4000-9000-000000000002"

@@ -16,8 +16,8 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from include.migration import pipeline
-from include.migration.alerts import on_task_failure
-from include.migration.assets import ENTITY_ASSETS, UPSTREAM
+from include.orchestration.alerts import on_task_failure
+from include.orchestration.assets import ENTITY_ASSETS, UPSTREAM
 
 MODES = ["incremental", "full"]
 

@@ -10,9 +10,9 @@ running (browse the UI) until ``stop``. ``env`` prints the addresses again.
 
 Command line (used by the Makefile)::
 
-    python -m include.migration.demo run --scale small --port 54329
-    python -m include.migration.demo env --port 54329
-    python -m include.migration.demo stop --port 54329
+    python -m local_runtime.demo run --scale small --port 54329
+    python -m local_runtime.demo env --port 54329
+    python -m local_runtime.demo stop --port 54329
 
 Environment it honours: ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``,
 ``AIRFLOW_CONN_LEGACY_DB``, ``AIRFLOW_CONN_SUPABASE_DB`` (databases to use
@@ -45,10 +45,11 @@ from urllib.parse import quote
 
 import httpx
 
-from include.migration import local_airflow, local_pg
-from include.migration.local_airflow import AirflowClient, ApiError, LocalAirflow
+from local_runtime import airflow_stack as local_airflow
+from local_runtime import postgres as local_pg
+from local_runtime.airflow_stack import AirflowClient, ApiError, LocalAirflow
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".local"
 PG_DIR = STATE / "pg"
 MEDIA = STATE / "media"
@@ -72,9 +73,9 @@ CHAIN = (
 
 # Modules other parts of the project provide, imported lazily: module -> what it is.
 REQUIRED = {
-    "include.migration.legacy_world": "the legacy data generator (seed, apply_changes)",
+    "local_runtime.world": "the legacy data generator (seed, apply_changes)",
     "include.migration.bootstrap": "the destination bootstrap",
-    "include.migration.storage_standin": "the Storage stand-in",
+    "local_runtime.standins.storage": "the Storage stand-in",
 }
 
 
@@ -175,7 +176,7 @@ def seed_legacy(dbs: Databases, scale: str) -> None:
             "AIRFLOW_CONN_LEGACY_DB points at your own database and seeding replaces its contents; "
             "set DEMO_SEED_EXTERNAL=1 to allow it"
         )
-    from include.migration.legacy_world import seed
+    from local_runtime.world import seed
 
     started = time.monotonic()
     report = seed(dbs.legacy, scale=scale, media_root=MEDIA)
@@ -202,13 +203,13 @@ def _standin_secret() -> str:
 
 def start_standin() -> dict[str, str]:
     """Start the Storage stand-in; returns its URL and service-role key."""
-    from include.migration.storage_standin import make_jwt
+    from local_runtime.standins.storage import make_jwt
 
     local_airflow.stop_recorded(STATE, STANDIN)
     secret = _standin_secret()
     port = local_airflow.free_port(STANDIN_PORT)
     STORAGE.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "include.migration.storage_standin", "--host", "127.0.0.1",
+    args = [sys.executable, "-m", "local_runtime.standins.storage", "--host", "127.0.0.1",
             "--port", str(port), "--data", str(STORAGE), "--jwt-secret", secret]
     local_airflow.spawn(STANDIN, args, state_dir=STATE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     _wait_listening(port, STANDIN, STATE / "logs" / f"{STANDIN}.log")
@@ -518,7 +519,7 @@ def unpause(client: AirflowClient, served: set[str]) -> None:
 
 
 def apply_legacy_changes(dbs: Databases) -> None:
-    from include.migration.legacy_world import apply_changes
+    from local_runtime.world import apply_changes
 
     result = apply_changes(dbs.legacy, media_root=MEDIA)
     counts = getattr(result, "counts", None) or {}
@@ -528,10 +529,10 @@ def apply_legacy_changes(dbs: Databases) -> None:
 
 def print_report(dbs: Databases) -> bool:
     """Print the per-entity report; a report that fails is shown, and the demo goes on to the addresses."""
-    if importlib.util.find_spec("include.migration.report") is None:
-        say("  (include.migration.report is not written yet: no per-entity report)")
+    if importlib.util.find_spec("local_runtime.report") is None:
+        say("  (local_runtime.report is not written yet: no per-entity report)")
         return True
-    from include.migration.report import demo_report
+    from local_runtime.report import demo_report
 
     # The seed leaves the legacy world's report (known passwords) beside the media folder;
     # with it the report also proves migrated users sign in with their old passwords.
@@ -594,7 +595,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m include.migration.demo", description=(__doc__ or "").splitlines()[0]
+        prog="python -m local_runtime.demo", description=(__doc__ or "").splitlines()[0]
     )
     parser.add_argument("command", choices=("run", "stop", "env"))
     parser.add_argument("--scale", default="small", help="size of the legacy world (run only)")

@@ -9,13 +9,13 @@ defect, so the pipeline's accounting can be checked row by row. It also plays
 
 Same seed and scale give the same database, byte for byte: rows are generated
 server-side (``INSERT ... SELECT FROM generate_series``) from hashes of the row
-number and the seed (``include/sql/legacy/world/*.sql``), never row by row from
+number and the seed (``local_runtime/world_sql/*.sql``), never row by row from
 Python, and every id is a pure function of (seed, kind, row number).
 
 Command line::
 
-    python -m include.migration.legacy_world seed --dsn DSN [--scale small] [--seed 42] --media-root DIR
-    python -m include.migration.legacy_world changes --dsn DSN [--seed 7] [--fraction 0.01] [--media-root DIR]
+    python -m local_runtime.world seed --dsn DSN [--scale small] [--seed 42] --media-root DIR
+    python -m local_runtime.world changes --dsn DSN [--seed 7] [--fraction 0.01] [--media-root DIR]
 
 Scales (rows per legacy table; media files are a few KB, plus one > 6 MB):
 
@@ -104,7 +104,9 @@ import bcrypt
 import psycopg
 from psycopg import sql
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql" / "legacy"
+HERE = Path(__file__).resolve().parent
+LEGACY_SCHEMA = HERE.parent / "include" / "sql" / "legacy" / "schema.sql"
+WORLD_SQL = HERE / "world_sql"
 TABLES = ("users", "agents", "conversations", "messages", "media_assets")
 KIND_TABLE = {
     "users": "users",
@@ -424,8 +426,8 @@ class ChangeReport:
 
 
 @cache
-def _sql_text(name: str) -> str:
-    return (SQL_DIR / name).read_text(encoding="utf-8")
+def _sql_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
 
 
 def _sql(text: str) -> sql.SQL:
@@ -434,15 +436,15 @@ def _sql(text: str) -> sql.SQL:
 
 
 def _query(name: str) -> sql.SQL:
-    """A statement of include/sql/legacy/world/<name>.sql."""
-    return _sql(_sql_text(f"world/{name}.sql"))
+    """A statement of local_runtime/world_sql/<name>.sql."""
+    return _sql(_sql_text(WORLD_SQL / f"{name}.sql"))
 
 
 def _named_queries(name: str) -> dict[str, sql.SQL]:
     """Sections of a .sql file, each headed by a '-- kind: NAME' line."""
     sections: dict[str, str] = {}
     current: str | None = None
-    for line in _sql_text(f"world/{name}.sql").splitlines():
+    for line in _sql_text(WORLD_SQL / f"{name}.sql").splitlines():
         if line.startswith("-- kind: "):
             current = line.removeprefix("-- kind: ").strip()
             sections[current] = ""
@@ -664,7 +666,7 @@ def _prepare_media_root(root: Path) -> Path:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    (root / MEDIA_MARKER).write_text("written by include.migration.legacy_world\n", encoding="utf-8")
+    (root / MEDIA_MARKER).write_text("written by local_runtime.world\n", encoding="utf-8")
     return root
 
 
@@ -689,7 +691,7 @@ class _WorldBuilder:
         # Memoize only adds hashing to the per-row LATERAL steps of the bulk inserts.
         conn.execute("SET LOCAL enable_memoize = off")
         conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
-        conn.execute(_sql(_sql_text("schema.sql")))
+        conn.execute(_sql(_sql_text(LEGACY_SCHEMA)))
         conn.execute(_query("functions"))
         indexes = _drop_secondary_indexes(conn)
         self._generate(conn)
@@ -1397,7 +1399,7 @@ def _print_counts(title: str, counts: dict[str, int]) -> None:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m include.migration.legacy_world", description=__doc__.split("\n")[0]
+        prog="python -m local_runtime.world", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
     seeding = commands.add_parser("seed", help="drop and rebuild the legacy world")

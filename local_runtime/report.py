@@ -60,7 +60,7 @@ def entity_table(conn) -> list[str]:
 
 
 def auth_lines(conn, world_report: Path | None) -> list[str]:
-    from include.migration.auth import account_summary
+    from include.supabase.auth import account_summary
 
     s = account_summary(conn)
     lines = [f"auth accounts: {s['accounts']:,} ({s['with_password']:,} with a password, "

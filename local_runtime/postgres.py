@@ -7,8 +7,8 @@ in one folder. As root, the server runs as the wheel's own system user
 
 Command line (used by the Makefile)::
 
-    python -m include.migration.local_pg start .local/pg 54329
-    python -m include.migration.local_pg stop .local/pg
+    python -m local_runtime.postgres start .local/pg 54329
+    python -m local_runtime.postgres stop .local/pg
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ it is a Python method, never an HTTP route, so no client can trigger it.
 
 Command line (runs until SIGTERM)::
 
-    python -m include.migration.storage_standin --host 127.0.0.1 --port 54330 \
+    python -m local_runtime.standins.storage --host 127.0.0.1 --port 54330 \
         --data .local/storage --jwt-secret SECRET
 """
 

@@ -56,7 +56,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench-results"
 BENCH_PG_DIR = ROOT / ".local" / "bench-pg"
 LEGACY_DB, DEST_DB = "bench_legacy", "bench_supabase"
@@ -718,7 +718,7 @@ def _free_port() -> int:
 
 
 def _running_port(data_dir: Path) -> int | None:
-    from include.migration import local_pg
+    from local_runtime import postgres as local_pg
 
     if not local_pg.is_running(data_dir.resolve()):
         return None
@@ -736,7 +736,7 @@ def start_server() -> Server:
     uri = os.environ.get("BENCH_PG_URI")
     if uri:
         return Server(uri.rstrip("/"), None, None)
-    from include.migration import local_pg
+    from local_runtime import postgres as local_pg
 
     fast = os.environ.get("BENCH_FAST") == "1"
     port = _running_port(BENCH_PG_DIR) or _free_port()
@@ -895,7 +895,7 @@ def edit_messages(legacy: str) -> int:
 
 
 def run_changes(legacy: str) -> dict[str, int]:
-    from include.migration.legacy_world import apply_changes
+    from local_runtime.world import apply_changes
 
     report = apply_changes(legacy, seed=7, fraction=0.01)
     with psycopg.connect(legacy, autocommit=True) as conn:
@@ -1169,7 +1169,7 @@ def bootstrap_destination(dest: str) -> None:
 
 
 def seed_world(legacy: str, scale: str, media_root: Path) -> tuple[dict[str, int], float]:
-    from include.migration.legacy_world import seed
+    from local_runtime.world import seed
 
     started = time.perf_counter()
     report = seed(legacy, scale=scale, seed=42, media_root=media_root)
@@ -1200,7 +1200,7 @@ def assemble(b: Bench, server: Server, steps: list[dict], extra: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m include.migration.bench",
+    parser = argparse.ArgumentParser(prog="python -m local_runtime.bench",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--scale", choices=("small", "medium", "large"), default="small")
     parser.add_argument("--naive-rows", type=int, default=NAIVE_ROWS,
@@ -1220,7 +1220,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run(args, server, stamp, log_path)
     finally:
         if server.data_dir and os.environ.get("BENCH_KEEP") != "1":
-            from include.migration import local_pg
+            from local_runtime import postgres as local_pg
 
             local_pg.stop(server.data_dir)
     print_report(report)

@@ -88,7 +88,7 @@ records every request answered. Both are Python-only, never HTTP routes.
 
 Command line (runs until SIGTERM)::
 
-    python -m include.migration.auth_standin --port 54331 --dsn postgresql://... --jwt-secret SECRET
+    python -m local_runtime.standins.auth --port 54331 --dsn postgresql://... --jwt-secret SECRET
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ import bcrypt
 import psycopg
 from psycopg.types.json import Jsonb
 
-from include.migration.storage_standin import JwtError, make_jwt, verify_jwt
+from local_runtime.standins.storage import JwtError, make_jwt, verify_jwt
 
 log = logging.getLogger(__name__)
 
