@@ -160,3 +160,17 @@ CREATE INDEX IF NOT EXISTS media_uploads_run ON migration.media_uploads (run_id)
 CREATE INDEX IF NOT EXISTS media_uploads_path ON migration.media_uploads (object_path);
 -- Created after the REVOKE above: the same lock-down, so a second bootstrap changes nothing.
 REVOKE ALL ON TABLE migration.media_uploads FROM PUBLIC;
+
+-- The console pages a reason's quarantined rows by key (include/sql/console/quarantine_page.sql).
+CREATE INDEX IF NOT EXISTS quarantine_entity_reason ON migration.quarantine (entity, reason, source_key);
+
+-- Pre-migration assessments of the legacy database (the assess_legacy DAG): a summary of
+-- each, the whole report stays in its JSON file. The console shows the latest one.
+CREATE TABLE IF NOT EXISTS migration.assessments (
+    assessment_id  bigserial PRIMARY KEY,
+    assessed_at    timestamptz NOT NULL DEFAULT now(),
+    dag_run_id     text,
+    summary        jsonb NOT NULL,
+    report_path    text
+);
+REVOKE ALL ON TABLE migration.assessments FROM PUBLIC;
