@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt constraints.txt
 
 setup: $(VENV)/.installed
 
-test: setup
+test: setup browser
 	$(PY) -m pytest tests
 
 test-fast: setup
@@ -43,3 +43,13 @@ constraints:
 	.constraints-venv/bin/uv pip install -q --python .constraints-venv/bin/python -r requirements.txt
 	.constraints-venv/bin/uv pip freeze --python .constraints-venv/bin/python | grep -v '^uv==' > constraints.txt
 	rm -rf .constraints-venv
+
+# The console's browser test drives Debian's chromium: installed here when missing (root with apt-get),
+# else the test skips and says why.
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	      echo "chromium could not be installed (apt-get failed): the browser test will skip"; \
+	  else echo "chromium is missing and cannot be installed here (needs root and apt-get): the browser test will skip"; fi; }

@@ -444,6 +444,25 @@ def run_chain(client: AirflowClient, served: set[str], mode: str, timeout: float
     return outcome
 
 
+ASSESSMENT = "assess_legacy"
+
+
+def assess_first(client: AirflowClient, served: set[str], timeout: float) -> str:
+    """The pre-migration assessment, as an operator runs it before the first backfill."""
+    say(f"== 5b. assessment of the legacy database ({ASSESSMENT})")
+    if ASSESSMENT not in served:
+        say(f"  [{ASSESSMENT}] not there: no assessment")
+        return "not there"
+    state = follow(client, ASSESSMENT, client.trigger(ASSESSMENT, {})["dag_run_id"], timeout)
+    latest = REPORTS / "assessment" / "latest.md"
+    if latest.exists():
+        for line in latest.read_text().splitlines():
+            if line.startswith(("Peak hours", "Expected quarantine", "Entities over", "Backfill estimate")):
+                say(f"  {line}")
+        say(f"  report: {latest}")
+    return state
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -479,8 +498,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     timeout = float(os.environ.get("DEMO_RUN_TIMEOUT", "1800"))
     served = wait_for_dags(client, ROOT / "dags", CHAIN)
     unpause(client, served)
+    assessed = assess_first(client, served, timeout)
     say("== 6. full migration")
-    outcomes = list(run_chain(client, served, "full", timeout).values())
+    outcomes = [assessed, *run_chain(client, served, "full", timeout).values()]
     say("== 7. changes in the legacy world, then an incremental migration")
     apply_legacy_changes(dbs)
     outcomes += run_chain(client, served, "incremental", timeout).values()
@@ -556,6 +576,8 @@ def print_env(info: dict[str, Any]) -> None:
     passwords = STATE / "airflow" / "simple_auth_manager_passwords.json.generated"
     password = json.loads(passwords.read_text()).get(local_airflow.ADMIN_USER) if passwords.exists() else "?"
     say(f"\nAirflow UI     http://localhost:{api_port}   login: {local_airflow.ADMIN_USER} / {password}")
+    say(f"Migration      http://localhost:{api_port}/migration/   the console (in the UI: Browse > Migration); "
+        f"JSON under /migration/api/")
     say(f"legacy         psql {legacy}")
     say(f"supabase       psql {supabase}")
     if info.get("standin_url"):
