@@ -84,7 +84,8 @@ class Browser:
         last: Any = None
         while time.monotonic() < deadline:
             try:
-                last = self.evaluate(f"(() => {{ try {{ return Boolean({expression}); }} catch (e) {{ return false; }} }})()")
+                last = self.evaluate(
+                    f"(() => {{ try {{ return Boolean({expression}); }} catch (e) {{ return false; }} }})()")
             except RuntimeError:
                 last = None  # the page is navigating
             if last:

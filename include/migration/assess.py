@@ -159,7 +159,8 @@ def estimate_backfill(rows: dict[str, int], measured: dict[str, float], bench_ra
     if measured:
         overall = sum(measured.values()) / len(measured)
         per = {e: round(n / measured.get(e, overall), 1) for e, n in rows.items()}
-        basis = (f"measured throughput of the last full runs ({', '.join(f'{e} {r:,.0f} rows/s' for e, r in measured.items())}"
+        rates = ", ".join(f"{e} {r:,.0f} rows/s" for e, r in measured.items())
+        basis = (f"measured throughput of the last full runs ({rates}"
                  + ("; entities never run use their average" if set(rows) - set(measured) else "") + ")")
         source = "runs"
     elif bench_rate:

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from include.migration import db
-from include.migration.entities import ENTITIES, ORDER, SQL_DIR, SOURCE_TABLES
+from include.migration.entities import ENTITIES, ORDER, SOURCE_TABLES, SQL_DIR
 from include.migration.gate import DEFAULT_MAX_AGE_HOURS
 
 ROOT = Path(__file__).resolve().parents[2]

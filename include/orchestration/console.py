@@ -17,7 +17,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from include.migration import db, status
@@ -70,10 +70,9 @@ def airflow_run_states(runs: list[tuple[str, str]]) -> dict[tuple[str, str], str
     if not runs:
         return {}
     try:
-        from sqlalchemy import select, tuple_
-
         from airflow.models.dagrun import DagRun
         from airflow.utils.session import create_session
+        from sqlalchemy import select, tuple_
 
         with create_session() as session:
             rows = session.execute(select(DagRun.dag_id, DagRun.run_id, DagRun.state).where(
@@ -109,76 +108,91 @@ def _unavailable(exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=503, content={"error": "destination_unavailable", "message": str(exc)})
 
 
+async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return _unavailable(exc)
+
+
+async def _on_http(request: Request, exc: Exception) -> Any:
+    """The page answers a refused login with a page that says how to sign in; the API with JSON."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (401, 403) and "/api/" not in request.url.path:
+        return HTMLResponse(console_page.refused(exc.status_code), status_code=exc.status_code)
+    return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail},
+                        headers=getattr(exc, "headers", None))
+
+
+router = APIRouter()
+PageSize = Query(status.DEFAULT_PAGE_SIZE, ge=1, le=status.MAX_PAGE_SIZE)
+Runs = Query(status.DEFAULT_RUNS, ge=1, le=100)
+
+
+@router.get("/", response_class=HTMLResponse, summary="The console page")
+def page(entity: str | None = None, reason: str | None = None, after: str = "",
+         page_size: int = PageSize) -> HTMLResponse:
+    try:
+        data = overview()
+    except (status.DestinationUnreachable, NotConfigured) as exc:
+        return HTMLResponse(console_page.unreachable(str(exc)), status_code=503)
+    samples = None
+    if entity and reason and data.get("state") != "empty":
+        samples = _quarantine_page(entity, reason, after, page_size)
+    return HTMLResponse(console_page.render(data, samples))
+
+
+@router.get("/api/overview", summary="Everything the page shows")
+def api_overview() -> dict[str, Any]:
+    return overview()
+
+
+@router.get("/api/entities", summary="One row per entity: last run, counts, reconciliation, watermark, gate")
+def api_entities() -> Any:
+    data = overview()
+    return {"state": data["state"], "message": data.get("message"), "entities": data.get("entities", [])}
+
+
+@router.get("/api/quarantine", summary="Quarantined rows per entity and reason, and the trend over the last runs")
+def api_quarantine(runs: int = Runs) -> Any:
+    return _with_destination(status.quarantine, runs=runs)
+
+
+def _quarantine_page(entity: str, reason: str, after: str, page_size: int) -> Any:
+    try:
+        return _with_destination(status.quarantine_page, entity, reason, after=after, page_size=page_size)
+    except ValueError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+
+
+@router.get("/api/quarantine/{entity}/{reason}", summary="A page of quarantined rows (masked), by key")
+def api_quarantine_page(entity: str, reason: str, after: str = "", page_size: int = PageSize) -> Any:
+    return _quarantine_page(entity, reason, after, page_size)
+
+
+@router.get("/api/schema", summary="The latest schema verdict and the accept-override history")
+def api_schema() -> Any:
+    return _with_destination(status.schema)
+
+
+@router.get("/api/cutover", summary="The latest GO / NO-GO with each criterion")
+def api_cutover() -> Any:
+    return {"cutover": status.cutover()}
+
+
+@router.get("/api/throughput", summary="Rows/s per entity over the last runs, and the benchmark history")
+def api_throughput(runs: int = Runs) -> Any:
+    return _with_destination(status.throughput, runs=runs)
+
+
+@router.get("/api/assessment", summary="The latest assess_legacy summary")
+def api_assessment() -> Any:
+    return {"assessment": _with_destination(status.latest_assessment)}
+
+
 def create_app() -> FastAPI:
+    """The console's app; every route behind Airflow's auth (``_access``)."""
     app = FastAPI(title="Migration console", description="Where the Supabase migration stands (read-only).",
                   dependencies=[_access()])
-
-    @app.exception_handler(status.DestinationUnreachable)
-    async def _unreachable(request: Request, exc: status.DestinationUnreachable) -> JSONResponse:
-        return _unavailable(exc)
-
-    @app.exception_handler(NotConfigured)
-    async def _not_configured(request: Request, exc: NotConfigured) -> JSONResponse:
-        return _unavailable(exc)
-
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException) -> Any:
-        if exc.status_code in (401, 403) and "/api/" not in request.url.path:
-            return HTMLResponse(console_page.refused(exc.status_code), status_code=exc.status_code)
-        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail},
-                            headers=getattr(exc, "headers", None))
-
-    @app.get("/", response_class=HTMLResponse, summary="The console page")
-    def page(entity: str | None = None, reason: str | None = None, after: str = "",
-             page_size: int = Query(status.DEFAULT_PAGE_SIZE, ge=1, le=status.MAX_PAGE_SIZE)) -> HTMLResponse:
-        try:
-            data = overview()
-        except (status.DestinationUnreachable, NotConfigured) as exc:
-            return HTMLResponse(console_page.unreachable(str(exc)), status_code=503)
-        samples = None
-        if entity and reason and data.get("state") != "empty":
-            try:
-                samples = _with_destination(status.quarantine_page, entity, reason, after=after,
-                                            page_size=page_size)
-            except ValueError as exc:
-                raise HTTPException(status_code=404, detail=str(exc)) from None
-        return HTMLResponse(console_page.render(data, samples))
-
-    @app.get("/api/overview", summary="Everything the page shows")
-    def api_overview() -> dict[str, Any]:
-        return overview()
-
-    @app.get("/api/entities", summary="One row per entity: last run, counts, reconciliation, watermark, gate")
-    def api_entities() -> Any:
-        data = overview()
-        return {"state": data["state"], "message": data.get("message"), "entities": data.get("entities", [])}
-
-    @app.get("/api/quarantine", summary="Quarantined rows per entity and reason, and the trend over the last runs")
-    def api_quarantine(runs: int = Query(status.DEFAULT_RUNS, ge=1, le=100)) -> Any:
-        return _with_destination(status.quarantine, runs=runs)
-
-    @app.get("/api/quarantine/{entity}/{reason}", summary="A page of quarantined rows (masked), by key")
-    def api_quarantine_page(entity: str, reason: str, after: str = "",
-                            page_size: int = Query(status.DEFAULT_PAGE_SIZE, ge=1, le=status.MAX_PAGE_SIZE)) -> Any:
-        try:
-            return _with_destination(status.quarantine_page, entity, reason, after=after, page_size=page_size)
-        except ValueError as exc:
-            raise HTTPException(status_code=404, detail=str(exc)) from None
-
-    @app.get("/api/schema", summary="The latest schema verdict and the accept-override history")
-    def api_schema() -> Any:
-        return _with_destination(status.schema)
-
-    @app.get("/api/cutover", summary="The latest GO / NO-GO with each criterion")
-    def api_cutover() -> Any:
-        return {"cutover": status.cutover()}
-
-    @app.get("/api/throughput", summary="Rows/s per entity over the last runs, and the benchmark history")
-    def api_throughput(runs: int = Query(status.DEFAULT_RUNS, ge=1, le=100)) -> Any:
-        return _with_destination(status.throughput, runs=runs)
-
-    @app.get("/api/assessment", summary="The latest assess_legacy summary")
-    def api_assessment() -> Any:
-        return {"assessment": _with_destination(status.latest_assessment)}
-
+    app.include_router(router)
+    app.add_exception_handler(status.DestinationUnreachable, _on_unavailable)
+    app.add_exception_handler(NotConfigured, _on_unavailable)
+    app.add_exception_handler(HTTPException, _on_http)
     return app

@@ -149,8 +149,8 @@ def _quarantine(q: dict[str, Any], samples: dict[str, Any] | None) -> str:
         out.append("<table id='sample-rows'><tr><th>key</th><th>run</th><th>last seen</th><th>row (secrets "
                    "masked)</th></tr>")
         for r in samples["rows"]:
-            out.append(f"<tr class='sample'><td><code>{escape(r['source_key'])}</code></td><td>{escape(r['run_id'])}</td>"
-                       f"<td>{_when(r['last_seen_at'])}</td><td><pre>"
+            out.append(f"<tr class='sample'><td><code>{escape(r['source_key'])}</code></td>"
+                       f"<td>{escape(r['run_id'])}</td><td>{_when(r['last_seen_at'])}</td><td><pre>"
                        f"{escape(json.dumps(r['source_row'], default=str, sort_keys=True))}</pre></td></tr>")
         out.append("</table>")
         if samples["next_after"] is not None:

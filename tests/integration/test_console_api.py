@@ -11,9 +11,12 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.e2e.conftest import airflow_db  # noqa: F401  (the api-server needs its metadata DB migrated)
+from tests.e2e import conftest as e2e
 
 pytestmark = [pytest.mark.integration]
+
+# The api-server needs its metadata DB migrated: the e2e tier's session fixture.
+airflow_db = e2e.airflow_db
 
 HASH = "$2b$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"
 TOKEN = "recovery-7c1e55d0a1"
