@@ -463,6 +463,23 @@ def assess_first(client: AirflowClient, served: set[str], timeout: float) -> str
     return state
 
 
+def cutover_verdict(client: AirflowClient, served: set[str], timeout: float) -> str:
+    """cutover_check, so the console shows a verdict: a NO-GO is an answer, not a failed demo."""
+    say("== 9. cutover verdict (cutover_check)")
+    if "cutover_check" not in served:
+        say("  [cutover_check] not there: no verdict")
+        return "not there"
+    started = time.time()
+    state = follow(client, "cutover_check", client.trigger("cutover_check", {})["dag_run_id"], timeout)
+    latest = REPORTS / "cutover" / "latest.json"
+    if not latest.exists() or latest.stat().st_mtime < started:
+        return state
+    verdict = json.loads(latest.read_text())
+    say(f"  verdict {verdict['verdict']}: "
+        + "; ".join(f"{'PASS' if c['ok'] else 'FAIL'} {c['name']}" for c in verdict["criteria"]))
+    return "success"
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -507,6 +524,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     say("== 8. report")
     if not print_report(dbs):
         outcomes.append("report failed")
+    outcomes.append(cutover_verdict(client, served, timeout))
     counts = Counter(outcomes)
     say(f"\ndemo finished in {time.monotonic() - started:.0f}s: "
         + ", ".join(f"{n} {state}" for state, n in counts.most_common()))
