@@ -298,7 +298,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"Expected quarantine: {fc['quarantine_pct']}% of all rows (threshold "
               f"{fc['quarantine_threshold_pct']}% per entity).",
               "Entities over the threshold: " + (", ".join(fc["entities_over_threshold"]) or "none") + ".",
-              f"Backfill estimate: {summary(report)['backfill_estimate']}, from {backfill['basis']}.",
+              (f"Backfill estimate: {summary(report)['backfill_estimate']}, from {backfill['basis']}."
+               if backfill.get("seconds") is not None else f"Backfill estimate: unknown: {backfill['basis']}."),
               "", "## Schema check", "", f"Verdict: **{schema['verdict']}**"
               + (f" ({schema.get('error')})" if schema.get("error") else
                  f"; by side: {json.dumps(schema.get('by_side', {}))}"), ""]
