@@ -95,15 +95,23 @@ def _target_rows(entity: Entity) -> sql.Composable:
     return sql.SQL("SELECT * FROM {}").format(sql.Identifier(entity.schema_name, entity.target_table))
 
 
-def _bucket_sums(dsn: str, rows: sql.Composable, entity: Entity) -> dict[str, tuple[int, int]]:
+def range_sums(conn, rows: sql.Composable, bucket: sql.Composable, digest: sql.Composable,
+               params: dict | None = None) -> dict[str, tuple[int, int]]:
+    """Row count and checksum per bucket of ``rows`` (alias ``t``), computed inside the
+    database: ``bucket`` names a row's key range, ``digest`` is an md5 hex of what is
+    compared (a whole row here; only the key for the hard-delete key sets, deletes.py)."""
     query = sql.SQL(
         "SELECT {b} AS bucket, count(*), sum(('x' || left({h}, 16))::bit(64)::bigint) "
         "FROM ({rows}) t GROUP BY 1"
-    ).format(b=_bucket_expr(entity, "t"), h=_row_hash(entity, "t"), rows=rows)
+    ).format(b=bucket, h=digest, rows=rows)
+    return {b: (n, int(s)) for b, n, s in conn.execute(query, params)}
+
+
+def _bucket_sums(dsn: str, rows: sql.Composable, entity: Entity) -> dict[str, tuple[int, int]]:
     with db.connection(dsn, application="migration-reconcile") as conn:
         conn.read_only = True
         db.tune_legacy(conn)
-        return {b: (n, int(s)) for b, n, s in conn.execute(query)}
+        return range_sums(conn, rows, _bucket_expr(entity, "t"), _row_hash(entity, "t"))
 
 
 def _row_hashes(dsn: str, rows: sql.Composable, entity: Entity, buckets: list[str]) -> dict[str, str]:
