@@ -7,8 +7,10 @@ wraps each step in a task; tests and the benchmark call them directly.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import ModuleType
@@ -17,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from include.migration import db, direct, runs
+from include.migration import abandoned, db, direct, runs
 from include.migration import extract as extract_mod
 from include.migration import load as load_mod
 from include.migration.entities import Entity, get
@@ -84,6 +86,18 @@ def _hook(entity: Entity, name: str) -> Any:
     return getattr(module, name, None) if module is not None else None
 
 
+def _keeps_run_alive(step: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """A step holds its run's liveness lock while it works (abandoned.heartbeat), so a run
+    whose process dies is told apart from one that is working or between two tasks."""
+    @functools.wraps(step)
+    def alive(conns: Conns, entity_name: str, run: str | dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        run_id = run["run_id"] if isinstance(run, dict) else run
+        with abandoned.heartbeat(conns.dest, run_id, step.__name__):
+            return step(conns, entity_name, run, *args, **kwargs)
+
+    return alive
+
+
 def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run: bool,
             options: dict[str, Any] | None = None, load_method: str = "auto", partitions: int = 1) -> dict[str, Any]:
     """``plan`` and every partition's ``extract_partition``, in one call (tests, the benchmark;
@@ -115,8 +129,15 @@ def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run:
     if partitions < 1:
         raise ValueError(f"partitions={partitions}: expected 1 or more")
     entity = get(entity_name)
+    # Runs of this entity whose process died are marked now, not left 'running' for ever.
+    abandoned.mark_abandoned(conns.dest, entity.name, found_by=runs.make_run_id(entity.name, dag_run_id))
     with db.connection(conns.dest) as dest:
         run = runs.start(dest, entity.name, dag_run_id, mode, dry_run)
+        if run.status == "abandoned":
+            # Cleared by an operator after it was found dead: it starts again from a new stage.
+            log.warning("%s: run %s was marked abandoned; starting it again", entity.name, run.run_id)
+            runs.update(dest, run.run_id, status="running")
+            run.status = "running"
         scope = extract_mod.plan_scope(dest, entity, mode)
         why_staged = _why_staged(dest, entity, scope, dry_run=dry_run, load_method=load_method,
                                  partitions=partitions)
@@ -197,6 +218,7 @@ def _describe_range(key_range: Any) -> str:
     return f"({'start' if lo is None else lo}, {'end' if hi is None else hi}]"
 
 
+@_keeps_run_alive
 def extract_partition(conns: Conns, entity_name: str, part: dict[str, Any]) -> dict[str, Any]:
     """Stream a partition's transformed source rows into its stage (the whole scope when the
     run has one partition). A direct run stages nothing here: its load streams."""
@@ -271,6 +293,7 @@ def gather_partitions(dest, entity: Entity, run: runs.Run) -> runs.Run:
     return _run(dest, run.run_id)
 
 
+@_keeps_run_alive
 def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     entity = get(entity_name)
     with db.connection(conns.dest) as dest:
@@ -305,6 +328,7 @@ def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     return {"run_id": run_id, "dispositions": counts}
 
 
+@_keeps_run_alive
 def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
          quarantine_threshold_pct: float = DEFAULT_QUARANTINE_THRESHOLD_PCT, gate: dict | None = None,
          lock_wait_seconds: float = 60.0) -> dict[str, Any]:
@@ -404,6 +428,11 @@ def is_direct(run: runs.Run) -> bool:
 
 def _run(dest, run_id: str) -> runs.Run:
     run = runs.get(dest, run_id)
+    if run is not None and run.status == "abandoned":
+        found = dest.execute("SELECT abandoned_at, abandoned_by FROM migration.runs WHERE run_id = %s",
+                             (run_id,)).fetchone()
+        dest.rollback()
+        raise RuntimeError(abandoned.describe(run_id, *found))
     if run is None or run.stage_table is None:
         raise RuntimeError(f"run {run_id} has no extract; rerun the whole DAG run (clear from extract)")
     return run
@@ -565,6 +594,7 @@ def _enforce_quarantine_threshold(conns: Conns, entity: Entity, run: runs.Run, t
              total, threshold_pct)
 
 
+@_keeps_run_alive
 def validate(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     from include.migration import validation
 
@@ -609,6 +639,7 @@ def expected_rows(conns: Conns, entity: Entity) -> int:
     return keys_loaded - dest_only
 
 
+@_keeps_run_alive
 def reconcile(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     from include.migration import reconcile as rec_mod
 
