@@ -319,6 +319,10 @@ def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
                  ", ".join(f"{k} {v}" for k, v in repairs.items()) or "none")
         if run.dry_run:
             plan = load_mod.plan_changes(dest, entity, run.stage_table, full=run.mode == "full")
+            if run.mode == "incremental":
+                from include.migration import deletes
+
+                plan["delete_gone_from_source"] = len(deletes.compare_keys(conns.legacy, conns.dest, entity).gone)
             runs.update(dest, run_id, report={"dry_run_plan": plan})
             dest.commit()
             log.info("%s: DRY RUN, nothing will be written. A load would: %s", entity.name,

@@ -117,6 +117,12 @@ def test_incremental_runs_apply_the_worlds_hard_deletes_and_a_rollback_restores_
     for name in ("agents", "conversations", "messages"):
         assert gone[name] <= before[name], name
 
+    # A dry run says what the incremental run will delete, and deletes nothing.
+    pipeline.run_entity(world, "agents", "peek", mode="incremental", dry_run=True)
+    with psycopg.connect(world.dest) as conn:
+        plan = conn.execute("SELECT report->'dry_run_plan' FROM migration.runs WHERE run_id = 'agents:peek'").fetchone()
+    assert plan[0]["delete_gone_from_source"] == len(gone["agents"])
+    assert gone["agents"] <= _keys(world.dest, "public.agents")
     for name in RELATIONAL:
         pipeline.run_entity(world, name, "nightly", mode="incremental", quarantine_threshold_pct=100)
     with psycopg.connect(world.dest) as conn:
