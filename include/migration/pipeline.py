@@ -649,6 +649,9 @@ def reconcile(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
 
     entity = get(entity_name)
     rec = rec_mod.reconcile(conns.legacy, conns.dest, entity)
+    with db.connection(conns.dest) as dest:
+        # An incremental run's load deleted the rows whose source row was gone: the report says how many.
+        rec.hard_deletes_applied = (_run(dest, run_id).counts.get("hard_deletes") or {}).get("deleted")
     path = rec_mod.persist(conns.dest, run_id, rec)
     with db.connection(conns.dest) as dest:
         # The destination's state after this run, for the rollback's proof.
@@ -658,16 +661,18 @@ def reconcile(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     log.info("%s: reconciliation report written to %s (%.2f s)", entity.name, path, rec.seconds)
     with db.connection(conns.dest) as dest:
         run = _run(dest, run_id)
-    mode = run.mode
     hook = _hook(entity, "on_reconcile")
     problems = list(hook(conns, entity, run)) if hook is not None else []
+    swept = rec.hard_deletes_applied
     if rec.extra:
         # Every run, incremental too, has deleted the rows whose source row was gone before this
         # comparison (deletes.py): an extra row now is a difference, not a delete left for later.
-        swept = run.counts.get("hard_deletes") if mode == "incremental" else None
         log.warning("%s: %d destination rows have no source row (extra)%s. Keys: %s", entity.name, len(rec.extra),
-                    f"; this run's load deleted {swept['deleted']} rows whose source row was gone, so these are "
-                    "rows deleted from the source since, or a fault" if swept else "", ", ".join(rec.extra[:10]))
+                    f"; this run's load deleted {swept} rows whose source row was gone, so these are rows deleted "
+                    "from the source since, or a fault" if swept is not None else "", ", ".join(rec.extra[:10]))
+    elif swept is not None:
+        log.info("%s: hard deletes: this run deleted %d destination rows whose source row was gone; none is left",
+                 entity.name, swept)
     clean = rec.clean and not problems
     finish(conns, run_id, "succeeded" if clean else "reconciliation_failed")
     if not clean:

@@ -45,6 +45,9 @@ class Reconciliation:
     differing_buckets: list[str] = field(default_factory=list)
     seconds: float = 0.0
     target_checksum: int = 0  # with target_rows: the destination table's fingerprint
+    # Rows the run's load deleted because their source row was gone (incremental runs; deletes.py).
+    # None pending: any row still without a source row is in ``extra``, a difference.
+    hard_deletes_applied: int | None = None
 
     @property
     def clean(self) -> bool:
@@ -68,6 +71,7 @@ class Reconciliation:
                 "missing": self.missing[:MAX_LISTED_KEYS], "extra": self.extra[:MAX_LISTED_KEYS],
                 "different": self.different[:MAX_LISTED_KEYS],
                 "differing_buckets": self.differing_buckets[:MAX_LISTED_KEYS],
+                "hard_deletes_applied_by_run": self.hard_deletes_applied,
                 "seconds": round(self.seconds, 3)}
 
 

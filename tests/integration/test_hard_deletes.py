@@ -13,6 +13,7 @@ gone; a rollback of those runs puts the deleted rows back.
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import psycopg
@@ -20,7 +21,7 @@ import pytest
 
 from include.migration import deletes, pipeline, rollback
 from include.migration.entities import get
-from include.migration.reconcile import reconcile
+from include.migration.reconcile import reconcile, report_dir
 
 pytestmark = pytest.mark.integration
 
@@ -137,6 +138,10 @@ def test_incremental_runs_apply_the_worlds_hard_deletes_and_a_rollback_restores_
     # conversations (the foreign key cascades), so the messages run found none left to delete.
     assert deleted["agents"] == len(gone["agents"]) and deleted["conversations"] == len(gone["conversations"])
     assert deleted["messages"] == 0
+    # The reconciliation's report says what the run deleted; nothing is left pending.
+    report = json.loads((report_dir("agents:nightly") / "reconcile-agents.json").read_text())
+    assert (report["verdict"], report["extra"], report["hard_deletes_applied_by_run"]) == \
+        ("clean", [], len(gone["agents"]))
     # The oracle: every destination row equals what the source implies (the reconciliation
     # compares every row, both ways), no row whose source row is gone, and every source row
     # is in the table or in exactly one ledger.
