@@ -28,11 +28,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT lo + mod(r, greatest(1, (date_part('epoch', hi - lo) * 1000000)::bigint))
                   * interval '1 microsecond' $$;
 
--- When user n signed up. Children are created after their parent, so they
+-- When user n signed up: from the world's first day (epoch) to three months
+-- before its horizon. Children are created after their parent, so they
 -- recompute this instead of joining users.
-CREATE FUNCTION pg_temp.user_created(seed bigint, n bigint) RETURNS timestamp
+CREATE FUNCTION pg_temp.user_created(seed bigint, n bigint, epoch timestamp, horizon timestamp)
+RETURNS timestamp
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT pg_temp.ts_between(pg_temp.h(seed, 1, n), timestamp '2023-01-01', timestamp '2026-03-31') $$;
+AS $$ SELECT pg_temp.ts_between(pg_temp.h(seed, 1, n), epoch, horizon - interval '91 days') $$;
 
 -- A stretch of ASCII prose of len characters cut from the corpus, starting
 -- after the first space so it does not begin mid-word. Slicing bytea is

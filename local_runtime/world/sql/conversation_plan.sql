@@ -41,9 +41,9 @@ FROM (
     CROSS JOIN LATERAL (
         SELECT b0.*,
                CASE WHEN b0.kind IN ('orphan_user', 'phantom')
-                    THEN pg_temp.ts_between(b0.created_r, timestamp '2023-01-01', timestamp '2026-06-15')
-                    ELSE pg_temp.ts_between(b0.created_r, pg_temp.user_created(%(seed)s, b0.user_n),
-                                            timestamp '2026-06-15') END AS created_at
+                    THEN pg_temp.ts_between(b0.created_r, %(epoch)s, %(horizon)s - interval '15 days')
+                    ELSE pg_temp.ts_between(b0.created_r, pg_temp.user_created(%(seed)s, b0.user_n, %(epoch)s, %(horizon)s),
+                                            %(horizon)s - interval '15 days') END AS created_at
         OFFSET 0  -- keep each step a subquery: inlined, created_at would be evaluated once per use
     ) AS b
     CROSS JOIN LATERAL (

@@ -9,7 +9,7 @@ FROM conversation_plan AS p
 CROSS JOIN LATERAL (
     SELECT CASE WHEN p.kind = 'soft_deleted'
                 THEN pg_temp.ts_between(pg_temp.h(%(seed)s, 25, p.n), p.last_message_at + interval '1 hour',
-                                        timestamp '2026-06-30') END AS deleted_at
+                                        %(horizon)s) END AS deleted_at
     OFFSET 0  -- evaluated once, not once per use
 ) AS d
 WHERE p.kind <> 'phantom'

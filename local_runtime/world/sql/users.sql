@@ -20,7 +20,7 @@ SELECT pg_temp.uid(%(seed)s, 'users', g.n),
             ELSE ph.hash END,
        t.created_at,
        CASE WHEN g.n >= %(active)s AND g.n < %(valid_end)s THEN t.deleted_at
-            ELSE pg_temp.ts_between(r.d, t.created_at, timestamp '2026-06-30') END,
+            ELSE pg_temp.ts_between(r.d, t.created_at, %(horizon)s) END,
        CASE WHEN g.n >= %(active)s AND g.n < %(valid_end)s THEN t.deleted_at END
 FROM generate_series(0, %(n_users)s - 1) AS g(n)
 CROSS JOIN LATERAL (
@@ -29,9 +29,9 @@ CROSS JOIN LATERAL (
     OFFSET 0  -- keep each step a subquery: inlined, its expressions would be evaluated once per use
 ) AS r
 CROSS JOIN LATERAL (
-    SELECT pg_temp.user_created(%(seed)s, g.n) AS created_at,
-           pg_temp.ts_between(r.d, pg_temp.user_created(%(seed)s, g.n) + interval '1 day',
-                              timestamp '2026-06-30') AS deleted_at
+    SELECT pg_temp.user_created(%(seed)s, g.n, %(epoch)s, %(horizon)s) AS created_at,
+           pg_temp.ts_between(r.d, pg_temp.user_created(%(seed)s, g.n, %(epoch)s, %(horizon)s) + interval '1 day',
+                              %(horizon)s) AS deleted_at
     OFFSET 0
 ) AS t
 CROSS JOIN LATERAL (

@@ -32,7 +32,7 @@ CROSS JOIN LATERAL (
     SELECT CASE WHEN x.i = 1 AND p.opens_with_system THEN 'system'
                 WHEN mod(x.i, 2) = 1 THEN 'user'
                 WHEN mod(r.a, 20) = 0 THEN 'tool'
-                WHEN p.created_at < timestamp '2023-06-01' THEN 'bot'
+                WHEN p.created_at < %(epoch)s + interval '151 days' THEN 'bot'
                 ELSE 'assistant' END AS role
     OFFSET 0
 ) AS ro

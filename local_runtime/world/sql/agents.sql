@@ -22,7 +22,7 @@ SELECT pg_temp.uid(%(seed)s, 'agents', g.n),
        g.n < %(builtin_end)s OR mod(r.d >> 16, 5) = 0,
        t.created_at,
        CASE WHEN mod(r.e, 5) = 0 THEN NULL
-            ELSE pg_temp.ts_between(r.e >> 4, t.created_at, timestamp '2026-06-30') END
+            ELSE pg_temp.ts_between(r.e >> 4, t.created_at, %(horizon)s) END
 FROM generate_series(0, %(n_agents)s - 1) AS g(n)
 CROSS JOIN LATERAL (
     SELECT pg_temp.h(%(seed)s, 10, g.n) AS a, pg_temp.h(%(seed)s, 11, g.n) AS b,
@@ -38,11 +38,11 @@ CROSS JOIN LATERAL (
 ) AS o
 CROSS JOIN LATERAL (
     SELECT CASE WHEN g.n < %(builtin_end)s
-                    THEN pg_temp.ts_between(r.e, timestamp '2023-01-01', timestamp '2023-01-15')
+                    THEN pg_temp.ts_between(r.e, %(epoch)s, %(epoch)s + interval '14 days')
                 WHEN o.owner_n >= %(never_existed)s
-                    THEN pg_temp.ts_between(r.e, timestamp '2023-01-01', timestamp '2026-06-01')
-                ELSE pg_temp.ts_between(r.e, pg_temp.user_created(%(seed)s, o.owner_n),
-                                        timestamp '2026-06-01') END AS created_at
+                    THEN pg_temp.ts_between(r.e, %(epoch)s, %(horizon)s - interval '29 days')
+                ELSE pg_temp.ts_between(r.e, pg_temp.user_created(%(seed)s, o.owner_n, %(epoch)s, %(horizon)s),
+                                        %(horizon)s - interval '29 days') END AS created_at
     OFFSET 0
 ) AS t
 CROSS JOIN LATERAL (

@@ -1,8 +1,9 @@
--- The instant the "app kept running" changes happen, and the world's size.
+-- The instant the "app kept running" changes happen (the caller's 'now', or
+-- the server's clock in UTC), and the world's size.
 -- The clock never goes backwards past the data already there: a change that
 -- looked older than existing rows would hide from updated_at watermarks.
 SELECT greatest(
-           (now() AT TIME ZONE 'UTC')::timestamp,
+           coalesce(%(now)s::timestamp, (now() AT TIME ZONE 'UTC')::timestamp),
            (SELECT max(greatest(created_at, updated_at, deleted_at)) FROM users) + interval '1 millisecond',
            (SELECT max(greatest(created_at, updated_at)) FROM agents) + interval '1 millisecond',
            (SELECT max(greatest(created_at, updated_at, deleted_at)) FROM conversations) + interval '1 millisecond',

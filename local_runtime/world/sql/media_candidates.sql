@@ -30,7 +30,7 @@ UNION ALL
 UNION ALL
 (
     SELECT 'owner', u.id, NULL::uuid, NULL::bigint,
-           pg_temp.ts_between(pg_temp.hu(%(seed)s, 64, u.id), u.created_at, timestamp '2026-06-30'),
+           pg_temp.ts_between(pg_temp.hu(%(seed)s, 64, u.id), u.created_at, %(horizon)s),
            u.deleted_at IS NULL
     FROM users AS u
     WHERE NOT u.id = ANY(%(skip_users)s)
