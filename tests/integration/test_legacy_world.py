@@ -148,6 +148,7 @@ def _losers_param(dsn: str) -> dict[str, list[uuid.UUID]]:
 Check = Callable[[str, WorldReport], set[str]]
 
 # Each planted kind, recomputed from the data without looking at the report.
+# A data table: its entries share a shape (a query per kind), not logic.
 CHECKS: dict[str, Check] = {
     "users.invalid_email": lambda dsn, r: {
         str(i)

@@ -747,6 +747,7 @@ def test_local_media_source_refuses_paths_outside_its_root(tmp_path: Path) -> No
             source.read_bytes(key)
 
 
+# A data table of magic numbers: its rows share a shape, not logic.
 @pytest.mark.parametrize(
     ("head", "name", "expected"),
     [

@@ -1,4 +1,6 @@
 -- The app renames agents: a new name, never equal to the old one.
+-- One statement per entity, as for users and conversations: the UPDATE ... FROM unnest shape is
+-- shared, the column, the vocabulary and the suffix are its own.
 UPDATE agents AS a
 SET name = CASE WHEN n.name IS DISTINCT FROM a.name THEN n.name ELSE n.name || ' 2' END,
     updated_at = %(at)s

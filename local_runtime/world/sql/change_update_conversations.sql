@@ -1,4 +1,6 @@
 -- The app retitles conversations: a new title, never equal to the old one.
+-- One statement per entity, as for users and agents: the UPDATE ... FROM unnest shape is
+-- shared, the column, the vocabulary and the suffix are its own.
 UPDATE conversations AS c
 SET title = CASE WHEN n.title IS DISTINCT FROM c.title THEN n.title ELSE n.title || ' (edited)' END,
     updated_at = %(at)s

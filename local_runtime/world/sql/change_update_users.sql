@@ -1,4 +1,6 @@
 -- The app renames users: a new display name, never equal to the old one.
+-- One statement per entity, as for agents and conversations: the UPDATE ... FROM unnest shape is
+-- shared, the column, the vocabulary and the suffix are its own.
 UPDATE users AS u
 SET display_name = CASE WHEN n.name IS DISTINCT FROM u.display_name THEN n.name ELSE n.name || ' Jr.' END,
     updated_at = %(at)s
