@@ -112,7 +112,6 @@ def run_changes(legacy: str) -> dict[str, int]:
     return {kind: len(keys) for kind, keys in report.changes.items()}
 
 
-
 def partitions_note(out: dict) -> str:
     def one(n: str) -> str:
         r = out.get(n) or {}
@@ -133,7 +132,6 @@ def python_hotspots(path: Path, limit: int = 12) -> list[str]:
     lines = stream.getvalue().splitlines()
     start = next((i for i, line in enumerate(lines) if line.strip().startswith("ncalls")), 0)
     return [line.rstrip() for line in lines[start:] if line.strip()]
-
 
 
 # ---------------------------------------------------------------------------

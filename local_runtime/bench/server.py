@@ -176,11 +176,9 @@ def drop_scratch(dest: str, schema: str) -> None:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
-
 def empty_destination_messages(dest: str) -> None:
     with psycopg.connect(dest, autocommit=True) as conn:
         conn.execute("TRUNCATE public.messages CASCADE")
-
 
 
 def top_statements(base: str, limit: int = 40) -> list[dict]:

@@ -196,7 +196,6 @@ def explain_first_chunk(dest: str, entity_name: str, run_id: str) -> list[str]:
         return [f"not captured: {type(err).__name__}: {err}"]
 
 
-
 def explain_transform(legacy: str, entity_name: str) -> list[str]:
     from include.migration import db
     from include.migration.entities import get

@@ -39,7 +39,7 @@ def _sql(text: str) -> sql.SQL:
 
 
 def _query(name: str) -> sql.SQL:
-    """A statement of local_runtime/world_sql/<name>.sql."""
+    """A statement of local_runtime/world/sql/<name>.sql."""
     return _sql(_sql_text(WORLD_SQL / f"{name}.sql"))
 
 
@@ -69,7 +69,6 @@ def _keys(values: Iterable[Any]) -> list[str]:
     """Report keys: message ids sort as numbers, uuids as text."""
     keys = [str(v) for v in values]
     return sorted(keys, key=lambda k: (len(k), k) if k.isdigit() else (0, k))
-
 
 
 def _set_column(

@@ -190,4 +190,5 @@ def test_a_step_kind_added_without_a_label_prints_under_its_own_name_after_the_o
     new = [i for i, line in enumerate(lines) if line.startswith("storage_reconcile_1m")]
     assert len(new) == 2  # the media row and its total
     assert "1,000,000" in lines[new[0]] and "30.00" in lines[new[0]]
-    assert new[0] > max(i for i, line in enumerate(lines) if line.startswith(bench.STEP_LABELS[bench.RECONCILE]))
+    reconcile = bench.STEP_LABELS[bench.RECONCILE]
+    assert new[0] > max(i for i, line in enumerate(lines) if line.startswith(reconcile))

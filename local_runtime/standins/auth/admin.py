@@ -65,7 +65,6 @@ _GOLANG_JWT_MESSAGES = {
 }
 
 
-
 class AdminUsers:
     """The admin routes; the server provides the settings and the database pool."""
 

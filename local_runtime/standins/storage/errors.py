@@ -43,8 +43,6 @@ class TusError(Exception):
         self.text = body
 
 
-
-
 def _no_such_bucket() -> StorageError:
     return StorageError(404, "NoSuchBucket", "Bucket not found", "Bucket not found")
 
@@ -90,4 +88,3 @@ def _no_content() -> StorageError:
 def _validation(message: str) -> StorageError:
     # Fastify's JSON-schema rejection, which happens before any storage logic.
     return StorageError(400, "FST_ERR_VALIDATION", message, "Bad Request")
-

@@ -538,4 +538,3 @@ def _sort_entries(entries: list[dict[str, Any]], column: str, order: str) -> lis
     present = sorted((e for e in entries if e.get(column)), key=lambda e: e[column], reverse=descending)
     missing = sorted((e for e in entries if not e.get(column)), key=lambda e: e["name"])
     return missing + present if descending else present + missing
-

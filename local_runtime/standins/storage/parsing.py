@@ -30,7 +30,6 @@ class Auth:
         return self.role == "service_role"
 
 
-
 @dataclass
 class _Request:
     method: str
@@ -93,7 +92,6 @@ def _parse_multipart(body: bytes, content_type: str) -> _Form:
     return form
 
 
-
 # ----------------------------------------------------------------------------
 # Routing
 
@@ -140,7 +138,6 @@ def _match_route(method: str, raw_path: str) -> tuple[str, Access, dict[str, str
     return None
 
 
-
 def _loads_or_none(text: str | None) -> dict[str, Any] | None:
     if not text:
         return None
@@ -149,4 +146,3 @@ def _loads_or_none(text: str | None) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
-

@@ -99,4 +99,3 @@ def _multipart_etag(path: Path) -> str:
     if not digests:
         digests.append(hashlib.md5(b"").digest())
     return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'
-

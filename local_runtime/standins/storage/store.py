@@ -178,4 +178,3 @@ class _Store:
         self.uploads.pop(upload_id, None)
         for path in self.upload_paths(upload_id):
             path.unlink(missing_ok=True)
-

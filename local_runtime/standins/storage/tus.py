@@ -250,4 +250,3 @@ def _metadata_ok(value: str) -> bool:
         except ValueError:
             return False
     return True
-
