@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RECORD_BATCH = 500  # upload outcomes written to the destination per commit
 VERIFY_TRIES = 3
+VERIFY_BACKOFF_SECONDS = 0.5
 
 # Upload outcomes that leave the row out, and the quarantine reason each becomes.
 UPLOAD_PROBLEMS = {
@@ -141,18 +142,19 @@ def verify_upload(
     client: Any, bucket: str, item: UploadItem, result: UploadResult
 ) -> tuple[str, str, str | None]:
     """Download a new object back and compare it with the source: (outcome, detail, problem)."""
+    from include.supabase.retry import Backoff, call_with_retry
     from include.supabase.storage import remove_objects, verify_object
 
-    last: Exception | None = None
-    for attempt in range(VERIFY_TRIES):
-        try:
-            reason = verify_object(client, bucket, item.object_path, item.size, item.sha256)
-            break
-        except Exception as err:  # Storage hiccup while reading back: try again, then report
-            last = err
-            time.sleep(0.5 * 2**attempt)
-    else:
-        return "uploaded", f"{result.detail}; NOT VERIFIED ({type(last).__name__}: {last})", "upload_failed"
+    try:
+        reason = call_with_retry(
+            lambda: verify_object(client, bucket, item.object_path, item.size, item.sha256),
+            attempts=VERIFY_TRIES,
+            retryable=lambda err: True,  # a Storage hiccup while reading back: try again, then report
+            backoff=Backoff(VERIFY_BACKOFF_SECONDS),
+            what=f"verify {item.object_path}",
+        )
+    except Exception as err:
+        return "uploaded", f"{result.detail}; NOT VERIFIED ({type(err).__name__}: {err})", "upload_failed"
     if reason is None:
         return "uploaded", f"{result.detail}; verified size and sha256", None
     try:

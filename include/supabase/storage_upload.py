@@ -13,9 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from urllib.parse import urljoin
 import httpx
 from storage3.exceptions import StorageApiError
 
+from include.supabase.retry import Backoff, call_with_retry
 from include.supabase.storage import (
     RESUMABLE_THRESHOLD,
     AlreadyExists,
@@ -138,6 +137,8 @@ class StorageUploader:
         self.concurrency = concurrency
         self.retries = retries
         self.backoff = backoff
+        # Jitter above the nominal wait: parallel uploads that failed together do not retry together.
+        self._backoff = Backoff(backoff, jitter=(1.0, 1.5))
         self.resumable_threshold = resumable_threshold
         self.overwrite = overwrite
         self.precheck = precheck
@@ -202,7 +203,7 @@ class StorageUploader:
         refused = self._precheck(item)
         if refused is not None:
             return refused
-        existing = self._retrying(lambda: self._remote_size(item.object_path))
+        existing = self._retrying(f"info {item.object_path}", lambda: self._remote_size(item.object_path))
         if existing is not None:
             verdict = self._compare_existing(item, existing, tries)
             if verdict.outcome != "conflict" or not self.overwrite:
@@ -211,7 +212,7 @@ class StorageUploader:
             self._send(item, tries, upsert=existing is not None)
         except AlreadyExists:
             # Someone (or our own retried request) wrote it first.
-            now = self._retrying(lambda: self._remote_size(item.object_path))
+            now = self._retrying(f"info {item.object_path}", lambda: self._remote_size(item.object_path))
             if now is None:
                 raise Transient("409 from Storage, yet the object is not there") from None
             return self._compare_existing(item, now, tries)
@@ -226,6 +227,7 @@ class StorageUploader:
                 path, "conflict", f"exists with {size} bytes, source has {item.size}", tries.count
             )
         digest = self._retrying(
+            f"download {path}",
             lambda: remote_sha256(
                 self.client,
                 self.bucket,
@@ -234,7 +236,7 @@ class StorageUploader:
                 http=self._http,
                 url=self._url,
                 stream_above=self.resumable_threshold,
-            )
+            ),
         )
         if digest != item.sha256:
             detail = f"exists with other content (sha256 {digest[:12]}..., source {item.sha256[:12]}...)"
@@ -248,7 +250,9 @@ class StorageUploader:
     def _bucket_limits(self) -> tuple[int | None, list[str] | None]:
         with self._limits_lock:
             if self._limits is None:
-                bucket = self._retrying(lambda: self.client.storage.get_bucket(self.bucket))
+                bucket = self._retrying(
+                    f"get bucket {self.bucket}", lambda: self.client.storage.get_bucket(self.bucket)
+                )
                 self._limits = (bucket.file_size_limit, bucket.allowed_mime_types)
             return self._limits
 
@@ -276,23 +280,28 @@ class StorageUploader:
             raise
         return int(info.get("size") or 0)
 
-    def _retrying(self, action: Callable[[], Any], tries: _Attempts | None = None) -> Any:
-        """Run ``action``; after a transient failure wait and run it again, ``retries`` times at most."""
-        for attempt in range(self.retries + 1):
+    def _retrying(self, what: str, action: Callable[[], Any], tries: _Attempts | None = None) -> Any:
+        """Run ``action``; after a transient failure wait and run it again, ``retries`` times at most.
+        Storage's errors come out classified (:func:`~include.supabase.storage.classify`)."""
+
+        def attempt() -> Any:
             if tries is not None:
                 tries.count += 1
             try:
                 return action()
             except Exception as err:
                 classified = classify(err)
-                if not isinstance(classified, Transient) or attempt == self.retries:
-                    if classified is err:
-                        raise
-                    raise classified from err
-                log.info("retrying after %s", classified)
-                delay = self.backoff * 2**attempt
-                time.sleep(delay + random.uniform(0, delay / 2))
-        raise AssertionError("unreachable")
+                if classified is err:
+                    raise
+                raise classified from err
+
+        return call_with_retry(
+            attempt,
+            attempts=self.retries + 1,
+            retryable=lambda err: isinstance(err, Transient),
+            backoff=self._backoff,
+            what=f"Storage {what}",
+        )
 
     # -- sending -------------------------------------------------------------------
     def _send(self, item: UploadItem, tries: _Attempts, *, upsert: bool) -> None:
@@ -305,7 +314,9 @@ class StorageUploader:
             "cache-control": self.cache_control,
             "upsert": "true" if upsert else "false",
         }
-        self._retrying(lambda: self._files.upload(item.object_path, data, options), tries)
+        self._retrying(
+            f"upload {item.object_path}", lambda: self._files.upload(item.object_path, data, options), tries
+        )
 
     def _read_verified(self, item: UploadItem) -> bytes:
         with item.opener() as stream:
@@ -353,7 +364,11 @@ class StorageUploader:
         so a retry resends it without re-reading the source; the source is
         read once, in order, and hashed on the way.
         """
-        location = self._retrying(lambda: self._tus_create(item, upsert=upsert), tries)
+        location = self._retrying(
+            f"create resumable upload {item.object_path}",
+            lambda: self._tus_create(item, upsert=upsert),
+            tries,
+        )
         digest = hashlib.sha256()
         with item.opener() as stream:
             offset = 0
@@ -362,11 +377,15 @@ class StorageUploader:
                 if not chunk:
                     raise _SourceMismatch(f"source ended after {offset} bytes, the item says {item.size}")
                 digest.update(chunk)
-                offset = self._retrying(lambda c=chunk, o=offset: self._tus_patch(location, o, c), tries)
+                offset = self._retrying(
+                    f"resumable chunk at {offset} of {item.object_path}",
+                    lambda c=chunk, o=offset: self._tus_patch(location, o, c),
+                    tries,
+                )
             extra = stream.read(1)
         if extra or digest.hexdigest() != item.sha256:
             # Already stored: take it back so a later run does not take it for the real file.
-            self._retrying(lambda: self._files.remove([item.object_path]))
+            self._retrying(f"remove {item.object_path}", lambda: self._files.remove([item.object_path]))
             raise _SourceMismatch("source bytes do not match the item's size/sha256; the upload was removed")
 
     def _tus_patch(self, location: str, offset: int, chunk: bytes) -> int:
