@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from psycopg.types.json import Jsonb
 
 from include.migration import db, runs
 from include.migration.media_source import object_path
@@ -149,26 +148,21 @@ def _hash_objects(
 
 def persist_storage_reconciliation(dest_dsn: str, run_id: str, result: StorageReconciliation) -> Path:
     """Store the verdict in ``migration.reconciliations`` (entity 'media_storage') and as a JSON report."""
-    from include.migration.reconcile import report_dir
+    from include.migration.reconcile import record_verdict, report_dir
 
     data = result.as_dict()
     with db.connection(dest_dsn) as conn:
-        conn.execute(
-            "INSERT INTO migration.reconciliations (run_id, entity, verdict, source_rows, target_rows, "
-            "buckets, missing, extra, different) "
-            "VALUES (%s, 'media_storage', %s, %s, %s, 1, %s, %s, %s) "
-            "ON CONFLICT (run_id, entity) DO UPDATE SET checked_at = now(), verdict = EXCLUDED.verdict, "
-            "source_rows = EXCLUDED.source_rows, target_rows = EXCLUDED.target_rows, "
-            "missing = EXCLUDED.missing, extra = EXCLUDED.extra, different = EXCLUDED.different",
-            (
-                run_id,
-                data["verdict"],
-                result.rows,
-                result.objects,
-                Jsonb(result.missing),
-                Jsonb(result.orphans),
-                Jsonb(sorted(result.different)),
-            ),
+        record_verdict(
+            conn,
+            run_id,
+            "media_storage",
+            data["verdict"],
+            result.rows,
+            result.objects,
+            1,
+            result.missing,
+            result.orphans,
+            sorted(result.different),
         )
         runs.update(
             conn,

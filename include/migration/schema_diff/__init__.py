@@ -54,102 +54,44 @@ Command line (exit 1 when the verdict is breaking)::
 
 The package: ``catalog.py`` reads the catalogs, ``expectations.py`` says what
 the mapping expects of them, ``classify.py`` finds and classifies every
-difference, ``report.py`` compares, records and logs. Everything is importable
-from here.
+difference, ``report.py`` compares, records and logs. What other modules use is
+importable from here.
 """
 
 from __future__ import annotations
 
-from include.migration.schema_diff.catalog import (
-    DEST_SCHEMAS,
-    EXPOSED_SCHEMA,
-    LEGACY_SCHEMA,
-    Column,
-    Constraint,
-    Index,
-    NullCounts,
-    Table,
-    read_catalog,
-    schema_sql,
-)
+from include.migration.schema_diff.catalog import read_catalog, schema_sql
 from include.migration.schema_diff.classify import (
     BREAKING,
     COMPATIBLE,
     INFORMATIONAL,
     Difference,
-    PgType,
     classify_type_change,
-    compare_destination,
-    compare_legacy,
-    difference_id,
-    is_widening,
-    probe_transform,
-    probe_transforms,
-    security_differences,
-    unused_tables,
 )
-from include.migration.schema_diff.expectations import (
-    AUTH_WRITES,
-    DESTINATION_EXPECTATIONS,
-    DestinationContract,
-    Expectation,
-    ForeignKey,
-    LegacyContract,
-    destination_contracts,
-    legacy_contracts,
-    legacy_readers,
-    with_descendants,
-)
+from include.migration.schema_diff.expectations import destination_contracts, legacy_contracts
 from include.migration.schema_diff.report import (
     SchemaReport,
     breaking_message,
     compare,
     main,
     record,
-    reports_dir,
     run_schema_diff,
 )
 
 __all__ = [
-    "AUTH_WRITES",
     "BREAKING",
     "COMPATIBLE",
-    "DESTINATION_EXPECTATIONS",
-    "DEST_SCHEMAS",
-    "EXPOSED_SCHEMA",
     "INFORMATIONAL",
-    "LEGACY_SCHEMA",
-    "Column",
-    "Constraint",
-    "DestinationContract",
     "Difference",
-    "Expectation",
-    "ForeignKey",
-    "Index",
-    "LegacyContract",
-    "NullCounts",
-    "PgType",
     "SchemaReport",
-    "Table",
     "breaking_message",
     "classify_type_change",
     "compare",
-    "compare_destination",
-    "compare_legacy",
     "destination_contracts",
-    "difference_id",
-    "is_widening",
     "legacy_contracts",
-    "legacy_readers",
     "main",
-    "probe_transform",
-    "probe_transforms",
     "read_catalog",
     "record",
-    "reports_dir",
     "run_schema_diff",
     "schema_sql",
-    "security_differences",
-    "unused_tables",
-    "with_descendants",
 ]
