@@ -247,6 +247,10 @@ def remove_from_storage(paths: list[str]) -> list[str]:
     return removed
 
 
+# ----------------------------------------------------------------------------
+# Transform: every staged row's file checked (media_source.check_all)
+
+
 def _stage(run: runs.Run) -> sql.Identifier:
     assert run.stage_table is not None
     return sql.Identifier("migration_stage", run.stage_table)
