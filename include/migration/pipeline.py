@@ -80,8 +80,7 @@ def entity_hooks(entity: Entity) -> ModuleType | None:
 
 
 def _hook(entity: Entity, name: str) -> Any:
-    module = entity_hooks(entity)
-    return getattr(module, name, None) if module is not None else None
+    return entity.hook(name)
 
 
 def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run: bool,
