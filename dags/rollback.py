@@ -15,6 +15,8 @@ from airflow.sdk import Param, dag, task
 from include.orchestration.alerts import on_task_failure
 
 
+# Declared in full in its own file, where an operator reads its settings: that it has the shape of
+# the other operational DAG's declaration is a matter of data, not copied logic.
 @dag(
     dag_id="rollback",
     schedule=None,

@@ -82,8 +82,7 @@ def entity_hooks(entity: Entity) -> ModuleType | None:
 
 
 def _hook(entity: Entity, name: str) -> Any:
-    module = entity_hooks(entity)
-    return getattr(module, name, None) if module is not None else None
+    return entity.hook(name)
 
 
 def _keeps_run_alive(step: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:

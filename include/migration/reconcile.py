@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from include.migration import db
-from include.migration.entities import Entity
+from include.migration.entities import SQL_DIR, Entity
 from include.migration.extract import Scope, transform_query
 
 log = logging.getLogger(__name__)
@@ -161,19 +162,22 @@ def persist(dest_dsn: str, run_id: str, rec: Reconciliation) -> Path:
     """Store the verdict in ``migration.reconciliations`` and as a JSON report file."""
     data = rec.as_dict()
     with db.connection(dest_dsn) as conn:
-        conn.execute(
-            "INSERT INTO migration.reconciliations (run_id, entity, verdict, source_rows, target_rows, buckets, "
-            "missing, extra, different) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (run_id, entity) DO UPDATE SET checked_at = now(), verdict = EXCLUDED.verdict, "
-            "source_rows = EXCLUDED.source_rows, target_rows = EXCLUDED.target_rows, buckets = EXCLUDED.buckets, "
-            "missing = EXCLUDED.missing, extra = EXCLUDED.extra, different = EXCLUDED.different",
-            (run_id, rec.entity, data["verdict"], rec.source_rows, rec.target_rows, rec.buckets,
-             Jsonb(data["missing"]), Jsonb(data["extra"]), Jsonb(data["different"])),
-        )
+        record_verdict(conn, run_id, rec.entity, data["verdict"], rec.source_rows, rec.target_rows, rec.buckets,
+                       data["missing"], data["extra"], data["different"])
         conn.commit()
     path = report_dir(run_id) / f"reconcile-{rec.entity}.json"
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def record_verdict(conn: psycopg.Connection, run_id: str, entity: str, verdict: str, source_rows: int,
+                   target_rows: int, buckets: int, missing: list, extra: list, different: list) -> None:
+    """Upsert one verdict into ``migration.reconciliations`` (the rows' and media's Storage
+    reconciliation alike); the caller commits."""
+    conn.execute((SQL_DIR / "reconcile" / "record_verdict.sql").read_text(), {
+        "run_id": run_id, "entity": entity, "verdict": verdict, "source_rows": source_rows,
+        "target_rows": target_rows, "buckets": buckets,
+        "missing": Jsonb(missing), "extra": Jsonb(extra), "different": Jsonb(different)})
 
 
 def report_dir(run_id: str) -> Path:

@@ -243,7 +243,8 @@ $$;
 -- request.jwt.claim.<name> wins, then PostgREST's request.jwt.claims JSON.
 -- EXECUTE stays with PUBLIC (the PostgreSQL default, which Supabase keeps), so
 -- policies for authenticated can call them. auth.email() is not asked for but
--- comes with the set on every project.
+-- comes with the set on every project. The four blocks are alike on purpose:
+-- each is Supabase's own definition, kept as it is (data, not copied logic).
 DO $$
 BEGIN
     IF to_regprocedure('auth.uid()') IS NULL THEN
