@@ -13,8 +13,10 @@ differ, not the table).
 
     python -m local_runtime.bench_deletes --scale small     # standalone, its own embedded server
 
-``measure(legacy, dest, full_seconds)`` is the hook for ``make bench``: call it
-after the benchmark's own steps, on a destination every entity has loaded.
+In ``make bench`` it is the phase ``hard_deletes`` (``phase``, registered in
+``local_runtime.bench.phases.PHASES`` after the incremental step (4)): on the
+benchmark's destination, in step with the source after (4), with the ratios
+against the benchmark's own full runs (1).
 """
 
 from __future__ import annotations
@@ -118,6 +120,19 @@ def measure(legacy: str, dest: str, full_seconds: dict[str, float]) -> dict[str,
             "reconciliation_clean": rec.clean, "extra_after": len(rec.extra)})
     return {"changed_fraction": CHANGED_FRACTION, "deleted_fraction": DELETED_FRACTION,
             "hard_deleted_in_source": deleted, "rows": rows}
+
+
+def phase(run: Any) -> None:
+    """The benchmark phase (``local_runtime.bench.phases.Run``): the step on the benchmark's
+    databases, its figures in the report's ``hard_deletes`` section and its table in the notes."""
+    full: dict[str, float] = {}
+    for row in run.steps:  # the first full run of each entity: step (1)
+        if row["step"] == "full" and not row.get("error") and row.get("seconds"):
+            full.setdefault(row["entity"], row["seconds"])
+    say("  hard deletes: apply_changes(1 %) and 0.1 % hard-deleted, then an incremental run per entity ...")
+    result = measure(run.bench.legacy, run.bench.dest, full)
+    run.sections["hard_deletes"] = result
+    run.notes.extend(table(result))
 
 
 def table(result: dict[str, Any]) -> list[str]:

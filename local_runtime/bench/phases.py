@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from local_runtime import bench_deletes
 from local_runtime.bench import steps as measured
 from local_runtime.bench.measure import Bench, say
 from local_runtime.bench.output import fmt_changes
@@ -256,6 +257,7 @@ PHASES: tuple[tuple[str, Phase], ...] = (
     ("reconcile", reconcile),
     ("changes", changes),
     ("incremental", incremental),
+    ("hard_deletes", bench_deletes.phase),  # incremental after 1 % with 0.1 % hard deletes
     ("partitions", partitions),
     ("profile", profile),
 )
