@@ -260,12 +260,6 @@ def test_destination_table_that_needs_quoting(small_world):
     assert public == 0 and odd["rows"] == loaded > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "images.py names tables to to_regclass() as an unquoted 'schema.table' string (primary_key, "
-    "writable_columns, child_fks, restore of insert_range), and the before-image label is split on its "
-    "first dot: a rollback cannot find a table whose name needs quoting. Supabase's tables do not, so this "
-    "is latent; the fix is to_regclass() of sql.Identifier(schema, table).as_string() and a label kept "
-    "as two columns."))
 def test_rollback_of_a_table_that_needs_quoting(small_world):
     from include.migration.reconcile import fingerprint
     from include.migration.rollback import rollback
