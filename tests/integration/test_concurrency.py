@@ -224,3 +224,33 @@ def test_an_older_stage_is_not_loaded_over_a_newer_one(night):
     nightly = stage(night, "nightly", "incremental", "users")
     pipeline.load(night, "users", nightly, quarantine_threshold_pct=100, lock_wait_seconds=0)
     assert pipeline.reconcile(night, "users", nightly)["verdict"] == "clean"
+
+
+def test_a_rollback_refuses_while_a_load_holds_the_lock(night, tmp_path: Path):
+    """A rollback takes the same write lock as a load: while the nightly load is between two
+    chunks, a rollback of the entity changes nothing and names the holder; once the load is
+    done, the same rollback goes through and undoes both runs."""
+    from include.migration.rollback import RollbackRefused, rollback
+
+    first = stage(night, "first", "full")
+    load(night, first, lock_wait_seconds=0)
+    with psycopg.connect(night.legacy, autocommit=True) as conn:
+        add_messages(conn, 3001, 6000)
+    nightly = stage(night, "nightly", "incremental")
+    holder = hold_lock(night, nightly, tmp_path)
+    expected = HOLDER.format(run=re.escape(nightly), host=re.escape(socket.gethostname()), pid=holder.pid)
+    before = table_fingerprint(night.dest)
+
+    with pytest.raises(RollbackRefused, match=rf"rollback of {re.escape(first)} refused, nothing was changed: "
+                                              rf"messages: another run is writing this entity \({expected}\)"):
+        rollback(night.dest, first, since=True, lock_wait_seconds=0)
+    assert table_fingerprint(night.dest) == before
+    assert record(night.dest, first).status == "loaded"
+
+    holder.go()
+    assert holder.finish().returncode == 0
+    result = rollback(night.dest, first, since=True, lock_wait_seconds=0)
+    assert sorted(result.run_ids) == sorted([first, nightly])
+    assert table_fingerprint(night.dest)["rows"] == 0
+    with db.connection(night.dest) as conn:
+        assert conn.execute("SELECT count(*) FROM migration.locks").fetchone()[0] == 0
