@@ -448,8 +448,8 @@ CREATE INDEX IF NOT EXISTS media_message_id_idx ON public.media (message_id)
 -- 6. Row level security and policies
 -- ---------------------------------------------------------------------------
 -- Every table in the exposed public schema has RLS (Supabase linter rule
--- 0013). Policies are owner-only and for authenticated only, so anon gets no
--- policy at all. auth.uid() is wrapped in a scalar subquery as the Supabase
+-- 0013). Policies are owner-only (but for reading public agents) and for
+-- authenticated only, so anon gets no policy at all. auth.uid() is wrapped in a scalar subquery as the Supabase
 -- guide recommends: the planner evaluates it once per statement, not per row.
 -- A policy is created only when missing; to change one, drop it first (or
 -- in a later file), since CREATE POLICY has no OR REPLACE.
@@ -475,6 +475,19 @@ BEGIN
             FOR ALL TO authenticated
             USING (owner_id = (SELECT auth.uid()))
             WITH CHECK (owner_id = (SELECT auth.uid()));
+    END IF;
+
+    -- The one exception to owner-only, as the legacy application allowed: any
+    -- signed-in user may read (only read) an agent its owner marked public.
+    -- Writes stay with agents_owner_all. Policies are OR-ed, so this adds the
+    -- public agents to what a user sees. The lock-down check knows this exact
+    -- policy (include/sql/security/lockdown_findings.sql); any other policy
+    -- that does not use auth.uid(), or one for anon, is a finding.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy
+                   WHERE polrelid = 'public.agents'::regclass AND polname = 'agents_public_read') THEN
+        CREATE POLICY agents_public_read ON public.agents
+            FOR SELECT TO authenticated
+            USING (is_public);
     END IF;
 
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy
