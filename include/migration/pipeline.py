@@ -590,10 +590,11 @@ class ValidationFailed(RuntimeError):
 def expected_rows(conns: Conns, entity: Entity) -> int:
     """Rows the destination should hold: the source's loadable rows, less those the
     destination itself quarantined (the same set the reconciliation compares)."""
-    query = extract_mod.transform_query(entity, extract_mod.Scope(kind="all"))
     with db.connection(conns.legacy) as legacy:
         legacy.read_only = True
         db.tune_legacy(legacy)
+        query = extract_mod.transform_query(entity, extract_mod.Scope(kind="all"),
+                                            encoding=extract_mod.legacy_encoding(legacy))
         keys_loaded = legacy.execute(sql.SQL(
             "SELECT count(*) FROM ({}) t WHERE t._disposition = 'loaded'").format(query)).fetchone()[0]
     with db.connection(conns.dest) as dest:
