@@ -6,8 +6,8 @@ refused if a later run of the same entity changed rows). It holds the write lock
 the one loads take, so no load runs meanwhile; while a load holds one it waits a minute, then refuses
 naming the holder. Rows the runs inserted are deleted, rows they updated or deleted are written back from
 their before-images, watermarks return to where they stood, and media objects the runs uploaded are
-removed from Storage. The task then proves it: each affected table's
-row count and checksum must equal those recorded after the last run before, or the task fails and says so.
+removed from Storage. The task then proves it: each affected table's row count and checksum must equal
+those recorded after the last run before, or the task fails and says so.
 """
 
 from datetime import datetime
