@@ -53,6 +53,12 @@ class StaleStage(RuntimeError):
     pass
 
 
+class StageDamaged(StaleStage):
+    """The stage holds some rows, but not what its extract wrote: not what a crash does
+    (crash recovery empties an unlogged table whole), so the load does not stage again by
+    itself. A ``StaleStage`` so callers that stop on one stop on this too."""
+
+
 @dataclass
 class Conns:
     legacy: str
@@ -267,7 +273,7 @@ def extract_partition(conns: Conns, entity_name: str, part: dict[str, Any]) -> d
 
 def gather_partitions(dest, entity: Entity, run: runs.Run) -> runs.Run:
     """A partitioned run's stage totals, from its partitions' records: every partition must
-    have extracted. The run's snapshot time is its oldest partition's (see ``_refuse_older_stage``
+    have extracted. The run's snapshot time is its oldest partition's (see ``_newer_stage_loaded``
     and ``_advance_watermark``). Idempotent; returns the run as updated."""
     ranges = run.report.get("partitions")
     if not ranges:
@@ -358,9 +364,11 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
             log.info("%s: run %s already loaded; nothing to do", entity.name, run_id)
             return {"run_id": run_id, **run.counts.get("load", {})}
         if not is_direct(run):
-            _check_stage_intact(dest, run)
-            _refuse_older_stage(dest, run)
-        if run.load_progress is None:
+            why = _stage_gone(dest, run) or _newer_stage_loaded(dest, run)
+            if why:
+                run = _restage(conns, dest, entity, run, why)
+        if run.load_progress is None and "watermark_before" not in run.report:
+            # Recorded once per run: after a re-stage, another run may have moved it since.
             wm = runs.watermark(dest, entity.name)
             runs.update(dest, run_id, report={"watermark_before": runs.jsonable(wm.__dict__) if wm else None})
             dest.commit()
@@ -441,28 +449,42 @@ def _run(dest, run_id: str) -> runs.Run:
     return run
 
 
-def _check_stage_intact(dest, run: runs.Run) -> None:
+def _stage_gone(dest, run: runs.Run) -> str | None:
+    """Why the run's stage can no longer be loaded as it is (gone, or emptied by crash
+    recovery: the stage is unlogged), or None when it is whole. Raises ``StageDamaged``
+    when it holds some rows but not what the extract wrote."""
     exists = dest.execute("SELECT to_regclass(%s)", (f"migration_stage.{run.stage_table}",)).fetchone()[0]
     rows = dest.execute(sql.SQL("SELECT count(*) FROM {}").format(
         sql.Identifier("migration_stage", run.stage_table))).fetchone()[0] if exists else 0
-    if rows != run.stage_rows:
-        raise RuntimeError(
-            f"{run.entity}: the stage {run.stage_table} holds {rows} rows, the extract wrote {run.stage_rows} "
-            "(the destination restarted after a crash and emptied the unlogged stage?). "
-            "Clear this DAG run from its extract task to stage again; loaded chunks are not written twice.")
+    dest.rollback()
+    if rows == run.stage_rows:
+        return None
+    if not exists:
+        return f"its stage {run.stage_table} is gone"
+    partitions = run.report.get("partitions")
+    if rows == 0 or partitions:
+        # A partition's stage can be gone while the others are whole; staged again, all are.
+        return (f"its stage {run.stage_table} holds {rows} of the {run.stage_rows} rows the extract wrote (the "
+                "destination restarted after a crash and emptied the unlogged stage"
+                + (", or a partition's stage is gone)" if partitions else ")"))
+    raise StageDamaged(
+        f"{run.entity}: the stage {run.stage_table} holds {rows} rows, the extract wrote {run.stage_rows}. A crash "
+        "empties an unlogged stage whole, so something else changed it; staging again would hide what. Nothing "
+        "was written. Find what touched migration_stage, then clear this DAG run from its extract task.")
 
 
-def _refuse_older_stage(dest, run: runs.Run) -> None:
-    """Refuse a stage older than one another run of the entity has started to load.
+def _newer_stage_loaded(dest, run: runs.Run) -> str | None:
+    """Why the run's stage is stale: another run of the entity has started to load a newer
+    snapshot of the source. None when the stage is the newest.
 
     Extracts run outside the write lock, so of two runs at once (a nightly
     incremental and a manual full) the one that staged first may load second;
-    so may a failed run's load retried after a later run succeeded. Either
-    would write older rows over newer ones, behind the watermark.
+    so may a failed run's load retried after a later run succeeded. Loaded as it
+    is, its stage would write older rows over newer ones, behind the watermark.
     """
     mine = run.report.get("extracted_at")
     if not mine:
-        return
+        return None
     newer = dest.execute(
         "SELECT run_id, report->>'extracted_at' FROM migration.runs WHERE entity = %s AND run_id <> %s "
         "AND NOT dry_run AND status <> 'rolled_back' AND load_progress IS NOT NULL "
@@ -470,11 +492,45 @@ def _refuse_older_stage(dest, run: runs.Run) -> None:
         "ORDER BY (report->>'extracted_at')::timestamptz DESC LIMIT 1",
         (run.entity, run.run_id, mine)).fetchone()
     dest.rollback()
-    if newer is not None:
-        raise StaleStage(
-            f"{run.entity}: run {run.run_id} staged the source as of {mine}, but run {newer[0]} has already "
-            f"loaded it as of {newer[1]}; loading this stage would write older rows over newer ones. Nothing "
-            "was written. Clear this DAG run from its extract task to stage the source again.")
+    if newer is None:
+        return None
+    return (f"it staged the source as of {mine}, but run {newer[0]} has already loaded it as of {newer[1]}: "
+            "loaded as it is, the stage would write older rows over newer ones")
+
+
+def _restage(conns: Conns, dest, entity: Entity, run: runs.Run, why: str) -> runs.Run:
+    """Stage the run's scope again from the source, now (every partition, each in its own
+    snapshot), and transform it, inside the write lock; returns the run as updated.
+
+    The scope is the run's own (the same watermark, quarantine retries and key ranges), read
+    in a newer snapshot, so it holds every change the old stage held and any made since. The
+    merge starts over from its first chunk (the extract clears ``load_progress``): resumed at
+    its progress mark, the new stage's changes to rows in chunks already merged would be
+    skipped while the watermark moved past them. Rows already merged compare equal and are
+    not written twice."""
+    log.warning("%s: run %s: %s. Staging its scope again from the source (the load's merge starts over from "
+                "its first chunk; rows already merged are compared, not written twice)", entity.name, run.run_id, why)
+    descriptor = {"run_id": run.run_id, "scope": run.scope.get("kind", "all"), "load_method": "staged"}
+    ranges = run.report.get("partitions")
+    parts: list[dict[str, Any]] = [descriptor]
+    if ranges:
+        # The run's stage, parent of every partition's: made again (with its children dropped).
+        extract_mod.create_stage(dest, entity, run.stage_table)
+        extract_mod.index_stage(dest, entity, run.stage_table)
+        runs.update(dest, run.run_id, counts={"partitions": {}})
+        dest.commit()
+        parts = [{**descriptor, "partition": i, "of": len(ranges), "key_range": list(r)}
+                 for i, r in enumerate(ranges)]
+    for part in parts:
+        extract_partition(conns, entity.name, part)
+    transform(conns, entity.name, run.run_id)
+    restaged = [*run.report.get("restaged", []), why]
+    # The load's figures start over with its merge: they describe what merging this stage wrote.
+    if run.counts.get("load"):
+        log.info("%s: the merge of the earlier stage had written: %s", entity.name, run.counts["load"])
+    runs.update(dest, run.run_id, report={"restaged": restaged}, counts={"load": {}})
+    dest.commit()
+    return _run(dest, run.run_id)
 
 
 def account(dest, entity: Entity, run: runs.Run, result: load_mod.LoadResult) -> dict[str, Any]:
@@ -628,10 +684,11 @@ class ValidationFailed(RuntimeError):
 def expected_rows(conns: Conns, entity: Entity) -> int:
     """Rows the destination should hold: the source's loadable rows, less those the
     destination itself quarantined (the same set the reconciliation compares)."""
-    query = extract_mod.transform_query(entity, extract_mod.Scope(kind="all"))
     with db.connection(conns.legacy) as legacy:
         legacy.read_only = True
         db.tune_legacy(legacy)
+        query = extract_mod.transform_query(entity, extract_mod.Scope(kind="all"),
+                                            encoding=extract_mod.legacy_encoding(legacy))
         keys_loaded = legacy.execute(sql.SQL(
             "SELECT count(*) FROM ({}) t WHERE t._disposition = 'loaded'").format(query)).fetchone()[0]
     with db.connection(conns.dest) as dest:

@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 
 from include.migration import db
 from include.migration.entities import SQL_DIR, Entity
-from include.migration.extract import Scope, transform_query
+from include.migration.extract import Scope, legacy_encoding, transform_query
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ def _row_hash(entity: Entity, alias: str) -> sql.Composable:
     return sql.SQL("md5(ROW({})::text)").format(cols)
 
 
-def _source_rows(entity: Entity, skip_keys: list[str]) -> sql.Composable:
-    query = transform_query(entity, Scope(kind="all"))
+def _source_rows(entity: Entity, skip_keys: list[str], encoding: str | None = None) -> sql.Composable:
+    query = transform_query(entity, Scope(kind="all"), encoding=encoding)
     return sql.SQL("SELECT * FROM ({q}) t WHERE t._disposition = 'loaded' AND NOT (t.{key}::text = ANY({skip}))")\
         .format(q=query, key=sql.Identifier(entity.key), skip=sql.Literal(skip_keys))
 
@@ -136,7 +136,9 @@ def reconcile(legacy_dsn: str, dest_dsn: str, entity: Entity) -> Reconciliation:
         # Rows the destination refused on its own terms are in quarantine, not missing.
         skip = [r[0] for r in conn.execute(
             "SELECT source_key FROM migration.quarantine WHERE entity = %s", (entity.name,))]
-    src_rows, dst_rows = _source_rows(entity, skip), _target_rows(entity)
+    with db.connection(legacy_dsn) as conn:
+        encoding = legacy_encoding(conn)  # a SQL_ASCII source quarantines rows that are not UTF-8
+    src_rows, dst_rows = _source_rows(entity, skip, encoding), _target_rows(entity)
     with ThreadPoolExecutor(max_workers=2) as pool:
         fs = pool.submit(_bucket_sums, legacy_dsn, src_rows, entity)
         fd = pool.submit(_bucket_sums, dest_dsn, dst_rows, entity)
