@@ -4,9 +4,10 @@ Trigger by hand on cutover day (after stopping writes to the legacy app). It run
 sync of every entity (the same steps as the entity DAGs, in order), then checks the migration plan's
 criteria: 100% of in-scope rows accounted for (source = loaded + quarantined + excluded), quarantine under
 0.1% of users, zero differences in a full reconciliation of every entity, zero breaking schema differences
-in a fresh schema check, and a locked-down destination (RLS on). The verdict and its evidence go to the task
-log, to `$MIGRATION_STATE_DIR/cutover/latest.json`, and on NO-GO to the alert connection `migration_alerts`;
-a NO-GO fails the run, each line naming its cause.
+in a fresh schema check, a locked-down destination (RLS on), and the identity of `public.messages.id` above
+every migrated id (the step moves it there first: after cutover the application inserts messages). The
+verdict and its evidence go to the task log, to `$MIGRATION_STATE_DIR/cutover/latest.json`, and on NO-GO to
+the alert connection `migration_alerts`; a NO-GO fails the run, each line naming its cause.
 """
 
 from datetime import datetime
@@ -17,6 +18,8 @@ from include.orchestration.alerts import on_task_failure
 from include.migration.entities import ORDER
 
 
+# Declared in full in its own file, where an operator reads its settings: that it has the shape of
+# the other operational DAG's declaration is a matter of data, not copied logic.
 @dag(
     dag_id="cutover_check",
     schedule=None,

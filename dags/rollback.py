@@ -2,10 +2,12 @@
 
 Trigger by hand with `run_id` (as in `migration.runs`, e.g. `users:manual__2026-11-25T01:00:00+00:00`) and
 `since` (true: undo that run and every run that started after it, newest first; false: that run alone,
-refused if a later run of the same entity changed rows). Rows the runs inserted are deleted, rows they
-updated or deleted are written back from their before-images, watermarks return to where they stood, and
-media objects the runs uploaded are removed from Storage. The task then proves it: each affected table's
-row count and checksum must equal those recorded after the last run before, or the task fails and says so.
+refused if a later run of the same entity changed rows). It holds the write lock of each entity it undoes,
+the one loads take, so no load runs meanwhile; while a load holds one it waits a minute, then refuses
+naming the holder. Rows the runs inserted are deleted, rows they updated or deleted are written back from
+their before-images, watermarks return to where they stood, and media objects the runs uploaded are
+removed from Storage. The task then proves it: each affected table's row count and checksum must equal
+those recorded after the last run before, or the task fails and says so.
 """
 
 from datetime import datetime
@@ -15,6 +17,8 @@ from airflow.sdk import Param, dag, task
 from include.orchestration.alerts import on_task_failure
 
 
+# Declared in full in its own file, where an operator reads its settings: that it has the shape of
+# the other operational DAG's declaration is a matter of data, not copied logic.
 @dag(
     dag_id="rollback",
     schedule=None,

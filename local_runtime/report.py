@@ -20,7 +20,17 @@ ENTITY_ORDER = ("users", "agents", "conversations", "messages", "media")
 def run_rows(conn) -> list[tuple]:
     return conn.execute(
         """
-        SELECT r.entity, r.mode, r.status, r.stage_rows,
+        SELECT r.entity, r.mode,
+               -- A run left unfinished with no live session is not shown as running (abandoned.py).
+               CASE WHEN r.status IN ('running', 'loaded')
+                         AND NOT migration.advisory_lock_held('migration.run', r.run_id)
+                    THEN 'no live session since ' || to_char(coalesce(r.heartbeat_at, r.started_at) AT TIME ZONE 'UTC',
+                                                             'YYYY-MM-DD HH24:MI:SS') || 'Z (left ' || r.status || ')'
+                    WHEN r.status = 'abandoned'
+                    THEN 'abandoned, found ' || to_char(r.abandoned_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+                         || 'Z by ' || r.abandoned_by
+                    ELSE r.status END,
+               r.stage_rows,
                r.counts->'accounting' AS acc,
                extract(epoch FROM (r.finished_at - r.started_at)) AS seconds,
                (SELECT verdict FROM migration.reconciliations c WHERE c.run_id = r.run_id AND c.entity = r.entity),

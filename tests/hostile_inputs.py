@@ -65,6 +65,7 @@ class Case(NamedTuple):
 _MSG = "INSERT INTO messages (id, conversation_id, role, content, metadata, created_at) VALUES "
 _USER = "INSERT INTO users (id, email, display_name, created_at, updated_at) VALUES "
 _AGENT = "INSERT INTO agents (id, owner_id, name, system_prompt, model, tools, is_public, created_at, updated_at) VALUES "
+_AGENT_T = "INSERT INTO agents (id, owner_id, name, system_prompt, model, temperature, tools, is_public, created_at, updated_at) VALUES "
 _CONV = "INSERT INTO conversations (id, user_id, title, created_at, updated_at) VALUES "
 
 # fmt: off
@@ -92,6 +93,14 @@ CASES: tuple[Case, ...] = (
     Case("email_300_chars", "users", U(10), _USER + "('" + U(10) + "', repeat('a', 288) || '@example.com', 'L', '2024-01-01', NULL)", "quarantined", "invalid_email"),
     Case("emoji_rtl_name", "users", U(11), _USER + "('" + U(11) + "', 'rtl@example.com', %(rtl_name)s, '2024-01-01', '2024-01-01')", "loaded", "", "SELECT name = %(rtl_name)s FROM public.users WHERE id = '" + U(11) + "'"),
     Case("emoji_rtl_title", "conversations", C(4), _CONV + "('" + C(4) + "', %(user)s, %(rtl_title)s, '2024-01-02', NULL)", "loaded", "", "SELECT title = %(rtl_title)s FROM public.conversations WHERE id = '" + C(4) + "'"),
+    Case("agent_temperature_nan", "agents", A(5), _AGENT_T + "('" + A(5) + "', %(user)s, 'n', 'p', 'gpt', 'NaN', '[]', true, '2024-01-01', '2024-01-01')", "loaded", "temperature_invalid_set_null", "SELECT temperature IS NULL FROM public.agents WHERE id = '" + A(5) + "'"),
+    Case("agent_temperature_minus_infinity", "agents", A(6), _AGENT_T + "('" + A(6) + "', %(user)s, 'n', 'p', 'gpt', '-Infinity', '[]', true, '2024-01-01', '2024-01-01')", "loaded", "temperature_invalid_set_null", "SELECT temperature IS NULL FROM public.agents WHERE id = '" + A(6) + "'"),
+    Case("agent_temperature_above_2", "agents", A(7), _AGENT_T + "('" + A(7) + "', %(user)s, 'n', 'p', 'gpt', 2.5, '[]', true, '2024-01-01', '2024-01-01')", "loaded", "temperature_invalid_set_null", "SELECT temperature IS NULL FROM public.agents WHERE id = '" + A(7) + "'"),
+    Case("agent_temperature_beyond_real", "agents", A(8), _AGENT_T + "('" + A(8) + "', %(user)s, 'n', 'p', 'gpt', 1e300, '[]', true, '2024-01-01', '2024-01-01')", "loaded", "temperature_invalid_set_null", "SELECT temperature IS NULL FROM public.agents WHERE id = '" + A(8) + "'"),
+    Case("agent_temperature_below_real", "agents", A(9), _AGENT_T + "('" + A(9) + "', %(user)s, 'n', 'p', 'gpt', 1e-300, '[]', true, '2024-01-01', '2024-01-01')", "loaded", "temperature_invalid_set_null", "SELECT temperature IS NULL FROM public.agents WHERE id = '" + A(9) + "'"),
+    Case("agent_temperature_negative", "agents", A(10), _AGENT_T + "('" + A(10) + "', %(user)s, 'n', 'p', 'gpt', -0.1, '[]', true, '2024-01-01', '2024-01-01')", "loaded", "temperature_invalid_set_null", "SELECT temperature IS NULL FROM public.agents WHERE id = '" + A(10) + "'"),
+    Case("agent_temperature_2_is_fine", "agents", A(11), _AGENT_T + "('" + A(11) + "', %(user)s, 'n', 'p', 'gpt', 2, '[]', true, '2024-01-01', '2024-01-01')", "loaded", "", "SELECT temperature = 2 FROM public.agents WHERE id = '" + A(11) + "'"),
+    Case("message_negative_token_count", "messages", "109", "INSERT INTO messages (id, conversation_id, role, content, token_count, created_at) VALUES (109, %(conversation)s, 'assistant', 'x', -7, '2024-01-02')", "loaded", "token_count_negative_set_null", "SELECT token_count IS NULL FROM public.messages WHERE id = 109"),
     Case("emoji_rtl_content", "messages", "108", _MSG + "(108, %(conversation)s, 'assistant', %(rtl_content)s, NULL, '2024-01-02')", "loaded", "", "SELECT content = %(rtl_content)s FROM public.messages WHERE id = 108"),
 )
 # fmt: on

@@ -8,7 +8,13 @@ Criteria (each NO-GO line names its evidence):
 3. zero reconciliation differences, from a full reconciliation of every entity;
 4. zero breaking schema differences, from a fresh schema check;
 5. the destination is locked down: RLS on every public table, owner-only
-   policies, nothing for ``anon``, the migration schema private.
+   policies, nothing for ``anon``, the migration schema private;
+6. the application can insert messages: ``public.messages.id`` has an
+   identity (or sequence) whose next value is above every migrated id and
+   every legacy id (a quarantined message fixed later keeps its legacy id).
+
+Before the criteria, the cutover step moves that identity above those ids
+(``advance_message_ids``): from here on the application writes messages.
 
 The report is logged, written as JSON (``$MIGRATION_STATE_DIR/cutover/``)
 and returned; the DAG fails and alerts on NO-GO.
@@ -32,6 +38,17 @@ from include.migration.entities import ENTITIES, ORDER
 log = logging.getLogger(__name__)
 
 MAX_USER_QUARANTINE_PCT = 0.1
+MESSAGE_IDS = "application inserts messages with new ids"
+
+# The generator of public.messages.id (an identity, or a serial's sequence), its next value, and
+# the highest id the destination holds. No generator: NULL sequence.
+_MESSAGE_ID_STATE = """
+SELECT s.seq, CASE WHEN s.seq IS NULL THEN NULL
+                   ELSE coalesce(pg_sequence_last_value(s.seq::regclass) + q.seqincrement, q.seqstart) END,
+       (SELECT max(id) FROM public.messages)
+FROM (SELECT pg_get_serial_sequence('public.messages', 'id') AS seq) s
+LEFT JOIN pg_sequence q ON q.seqrelid = s.seq::regclass
+"""
 
 
 @dataclass
@@ -133,14 +150,55 @@ def locked_down(dest_dsn: str) -> Criterion:
                      "RLS on every public table, owner-only policies, anon has no grants, migration schema private")
 
 
+def _highest_legacy_message_id(legacy_dsn: str) -> int | None:
+    with db.connection(legacy_dsn) as legacy:
+        legacy.read_only = True
+        return legacy.execute("SELECT max(id) FROM public.messages").fetchone()[0]
+
+
+def advance_message_ids(legacy_dsn: str, dest_dsn: str) -> str:
+    """Move the generator of ``public.messages.id`` above the highest migrated and legacy id,
+    so the application's first message after cutover takes a free id. Never moves it back
+    (the application may already have inserted). Returns what it did, for the log."""
+    legacy_max = _highest_legacy_message_id(legacy_dsn)
+    with db.connection(dest_dsn, application="migration-cutover") as dest:
+        seq, next_value, dest_max = dest.execute(_MESSAGE_ID_STATE).fetchone()
+        if seq is None:
+            return "public.messages.id has no identity or sequence; nothing to advance (rerun the bootstrap)"
+        highest = max((v for v in (legacy_max, dest_max) if v is not None), default=0)
+        if next_value > highest:
+            return f"{seq} already gives {next_value}, above the highest message id {highest}; left as it is"
+        dest.execute("SELECT setval(%s::regclass, %s, true)", (seq, highest))
+        dest.commit()
+    return f"{seq} set so the next message id is {highest + 1} (it would have been {next_value}; " \
+           f"highest id: destination {dest_max}, legacy {legacy_max})"
+
+
+def message_ids(legacy_dsn: str, dest_dsn: str) -> Criterion:
+    legacy_max = _highest_legacy_message_id(legacy_dsn)
+    with db.connection(dest_dsn) as dest:
+        seq, next_value, dest_max = dest.execute(_MESSAGE_ID_STATE).fetchone()
+    if seq is None:
+        return Criterion(MESSAGE_IDS, False, "public.messages.id has no identity or sequence, so the application "
+                         "cannot insert a message without naming its id; rerun the bootstrap")
+    highest = max((v for v in (legacy_max, dest_max) if v is not None), default=0)
+    evidence = (f"{seq} next value {next_value}; highest message id: destination {dest_max}, legacy {legacy_max}")
+    if next_value <= highest:
+        return Criterion(MESSAGE_IDS, False, f"{evidence}: the application's next message would collide with a "
+                         "migrated id")
+    return Criterion(MESSAGE_IDS, True, evidence)
+
+
 def evaluate(legacy_dsn: str, dest_dsn: str, run_id: str, *, entities: list[str] | None = None) -> Verdict:
     names = entities or list(ORDER)
+    log.info("cutover: message ids: %s", advance_message_ids(legacy_dsn, dest_dsn))
     verdict = Verdict([
         accounted(legacy_dsn, dest_dsn, names),
         user_quarantine(legacy_dsn, dest_dsn),
         reconciled(legacy_dsn, dest_dsn, names, run_id),
         schema_clean(legacy_dsn, dest_dsn, run_id),
         locked_down(dest_dsn),
+        message_ids(legacy_dsn, dest_dsn),
     ])
     verdict.report_path = str(write_report(verdict, run_id))
     for line in verdict.lines():

@@ -77,6 +77,10 @@ def connect(dsn: str, *, autocommit: bool = False, application: str = "migration
         options=SESSION_SETTINGS,
         application_name=application,
         connect_timeout=15,
+        # Text leaves every server as UTF-8, whatever its encoding: converted from a LATIN1
+        # legacy database, checked from a SQL_ASCII one (extract.quarantine_invalid_utf8
+        # keeps bytes that are not UTF-8 out of its rows), and read as str, not bytes.
+        client_encoding="UTF8",
     )
 
 

@@ -49,7 +49,7 @@ from psycopg import sql
 from include.migration import db, images, runs
 from include.migration import load as load_mod
 from include.migration.entities import ENTITIES, Entity
-from include.migration.extract import Scope, index_stage, transform_query
+from include.migration.extract import Scope, index_stage, legacy_encoding, transform_query
 from include.migration.load import stage_ident, target_ident
 
 log = logging.getLogger(__name__)
@@ -125,9 +125,9 @@ def _table_problem(dest: psycopg.Connection, target: str, relkind: str, owner: b
 # The legacy query
 
 
-def side_query(entity: Entity) -> sql.Composed:
+def side_query(entity: Entity, encoding: str | None = None) -> sql.Composed:
     """The transform, every row led by the control columns and its side field
-    (see the module's docstring and ``relay``)."""
+    (see the module's docstring and ``relay``). ``encoding``: see ``extract.transform_query``."""
     plain = sql.SQL("t._disposition = 'loaded' AND cardinality(t._repairs) = 0")
     return sql.SQL(
         "SELECT {control}, CASE WHEN {plain} "
@@ -139,7 +139,7 @@ def side_query(entity: Entity) -> sql.Composed:
         plain=plain, fields=sql.Literal(len(entity.columns)),
         cols=sql.SQL(", ").join(sql.SQL("t.{}::{}").format(sql.Identifier(n), sql.SQL(typ))
                                 for n, typ in entity.columns),
-        transform=transform_query(entity, Scope(kind="all")),
+        transform=transform_query(entity, Scope(kind="all"), encoding=encoding),
     )
 
 
@@ -353,7 +353,8 @@ def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) ->
         snapshot_at = src.execute("SELECT now()").fetchone()[0]
         db.tune_legacy(src)
         with src.cursor() as rcur, dest.cursor() as wcur:
-            with rcur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(side_query(entity))) as rows, \
+            with rcur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(
+                    side_query(entity, legacy_encoding(src)))) as rows, \
                     wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
                         target, columns)) as into:
                 relayed = relay(db.copy_rows(rows), into, spool, fields, len(control_columns(entity)))

@@ -15,9 +15,12 @@ extract, the dry run and the reconciliation.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
@@ -74,11 +77,26 @@ class Entity:
     # entity's own reconcile hook instead.
     reconcile_columns: tuple[str, ...] | None = None
     # A module with the entity's extra steps, called by pipeline.py around the
-    # generic ones (see ``pipeline.entity_hooks``); None for plain entities.
+    # generic ones (see ``pipeline.entity_hooks``) and by load.py inside them
+    # (``check_stage``, ``before_remove``, ``delete_rows``, ``image_updates``,
+    # ``before_write``, ``record_ledgers``: see ``users.py``); None for plain entities.
     hooks: str | None = None
+    # The table a delete of the entity's rows starts from, when not its own
+    # (users: auth.users, whose delete cascades to public.users).
+    delete_from: tuple[str, str] | None = None
+    # False when the destination table has foreign keys its parents do not
+    # describe (public.users.id -> auth.users), so the load keeps the per-row
+    # foreign-key triggers instead of one set-based check of the parents.
+    set_based_fk_checks: bool = True
     # Quarantine reasons decided after the transform SQL (by the hooks): rows
     # the SQL loads but the destination will not hold (validation's count).
     hook_reasons: tuple[str, ...] = ()
+
+    def hook(self, name: str) -> Callable[..., Any] | None:
+        """The function ``name`` of the entity's hooks module, or None."""
+        if self.hooks is None:
+            return None
+        return getattr(importlib.import_module(self.hooks), name, None)
 
     @property
     def column_names(self) -> list[str]:
@@ -115,6 +133,8 @@ def _read_sql(relative: str) -> str:
     return (SQL_DIR / relative).read_text()
 
 
+# The entities below are data: one description each, alike in shape by design
+# (what differs between entities is the values and their SQL, not logic).
 USERS = Entity(
     name="users",
     source_table="users",
@@ -130,6 +150,9 @@ USERS = Entity(
         ("updated_at", "timestamptz"),
     ),
     extra_columns=(("password_hash", "text"),),
+    hooks="include.migration.users",
+    delete_from=("auth", "users"),
+    set_based_fk_checks=False,
     alias="f",
     # A changed user also re-decides every account sharing its email.
     incremental_scope=(

@@ -89,17 +89,68 @@ def _min_key(entity: Entity) -> str:
     return "-9223372036854775808" if entity.key_type == "bigint" else "00000000-0000-0000-0000-000000000000"
 
 
-def transform_query(entity: Entity, scope: Scope, *, source_schema: str = "public") -> sql.Composed:
+def transform_query(entity: Entity, scope: Scope, *, source_schema: str = "public",
+                    encoding: str | None = None) -> sql.Composed:
     """The entity's transform SQL, bound to the legacy tables and the scope.
 
     It ends in ``OFFSET 0``, a fence: a caller's filter on its output (such as
     ``_disposition = 'loaded'``) stays on the output. Pushed down into the
     transform, that filter became a condition on a fate expression the planner
     guessed at 0.5 % of the rows, and it chose per-row nested loops over the
-    fates (quadratic: more than ten minutes for 150,000 conversations)."""
+    fates (quadratic: more than ten minutes for 150,000 conversations).
+
+    ``encoding``: the legacy database's ``server_encoding`` (``legacy_encoding``).
+    A ``SQL_ASCII`` database stores any bytes; its rows holding text that is not
+    UTF-8 are quarantined (``quarantine_invalid_utf8``). Any other encoding
+    converts to UTF-8 on its own, so the query stays as it is."""
     tables = {f"src_{t}": sql.Identifier(source_schema, t) for t in SOURCE_TABLES}
     text = transform_sql_text(entity) + "\nOFFSET 0"
-    return sql.SQL(text).format(scope=scope_condition(entity, scope), **tables)
+    query = sql.SQL(text).format(scope=scope_condition(entity, scope), **tables)
+    if encoding == "SQL_ASCII":
+        return quarantine_invalid_utf8(entity, query, source_schema)
+    return query
+
+
+def legacy_encoding(conn: psycopg.Connection) -> str:
+    """The legacy database's encoding, as the server reported it at connect time (no query)."""
+    return conn.info.parameter_status("server_encoding") or "UTF8"
+
+
+# Well-formed UTF-8 (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF), matched
+# on the hex digits of the bytes, so the check reads bytes whatever the database's encoding.
+_CONT = "[89ab][0-9a-f]"
+_UTF8_HEX = ("^(?:[0-7][0-9a-f]|(?:c[2-9a-f]|d[0-9a-f])" + _CONT
+             + "|e0[ab][0-9a-f]" + _CONT + "|(?:e[1-9a-c]|e[ef])" + _CONT * 2 + "|ed[89][0-9a-f]" + _CONT
+             + "|f0[9ab][0-9a-f]" + _CONT * 2 + "|f[1-3]" + _CONT * 3 + "|f48[0-9a-f]" + _CONT * 2 + ")*$")
+_TEXT_TYPES = ("text", "varchar", "character", "json")  # type names starting so: text, jsonb, text[], ...
+
+
+def quarantine_invalid_utf8(entity: Entity, query: sql.Composable, source_schema: str) -> sql.Composed:
+    """Wrap a transform run in a ``SQL_ASCII`` legacy database: a row whose text is not
+    UTF-8 is quarantined (``invalid_utf8``) instead of failing the whole entity where the
+    UTF-8 destination refuses its bytes. Its text columns go out as NULL, and its ledger
+    entry keeps the legacy row as text with every byte above 0x7F written ``\\nnn``
+    (``encode(..., 'escape')``; ``decode(..., 'escape')`` gives the bytes back).
+    Only rows with a byte above 0x7F are checked byte by byte."""
+    key = sql.Identifier(entity.key)
+    bad = sql.SQL("(t::text ~ '[\\x80-\\xff]' AND encode(convert_to(t::text, 'SQL_ASCII'), 'hex') !~ {})").format(
+        sql.Literal(_UTF8_HEX))
+    source = sql.SQL(
+        "jsonb_build_object('invalid_utf8', true, 'legacy_row_escaped', encode(convert_to(("
+        "SELECT to_jsonb(s)::text FROM {table} s WHERE s.{key} = t.{key}), 'SQL_ASCII'), 'escape'))").format(
+        table=sql.Identifier(source_schema, entity.source_table), key=key)
+    overrides = {"_disposition": sql.SQL("'quarantined'"), "_reason": sql.SQL("'invalid_utf8'"),
+                 "_repairs": sql.SQL("'{}'::text[]"), "_source": source}
+    cols = []
+    for name, typ in entity.stage_columns:
+        col = sql.SQL("t.{}").format(sql.Identifier(name))
+        if name in overrides:
+            col = sql.SQL("CASE WHEN b._bad THEN {} ELSE {} END").format(overrides[name], col)
+        elif name != entity.key and (typ.endswith("[]") or typ.startswith(_TEXT_TYPES)):
+            col = sql.SQL("CASE WHEN b._bad THEN NULL ELSE {} END").format(col)
+        cols.append(sql.SQL("{} AS {}").format(col, sql.Identifier(name)))
+    return sql.SQL("SELECT {cols} FROM ({query}) t CROSS JOIN LATERAL (SELECT {bad} AS _bad) b OFFSET 0").format(
+        cols=sql.SQL(", ").join(cols), query=query, bad=bad)
 
 
 def stage_name(run_id: str, partition: int | None = None) -> str:
@@ -188,7 +239,7 @@ def extract(legacy_dsn: str, dest_dsn: str, entity: Entity, run_id: str, scope: 
         snapshot_at = src.execute("SELECT now()").fetchone()[0]
         db.tune_legacy(src)
         create_stage(dst, entity, table)
-        query = transform_query(entity, scope)
+        query = transform_query(entity, scope, encoding=legacy_encoding(src))
         columns = sql.SQL(", ").join(sql.Identifier(c) for c, _ in entity.stage_columns)
         # FREEZE: the stage was created in this transaction, so its rows can be
         # written frozen, and the load's many reads of it set no hint bits.

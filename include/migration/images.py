@@ -11,6 +11,7 @@ parents back first.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import psycopg
@@ -40,13 +41,32 @@ def child_fks(conn: psycopg.Connection, schema: str, table: str) -> list[ChildFK
         WHERE c.contype = 'f' AND c.confrelid = to_regclass(%s) AND cardinality(c.conkey) = 1
         ORDER BY 1, 2, 3
         """,
-        (f"{schema}.{table}",),
+        (table_label(schema, table),),
     ).fetchall()
     return [ChildFK((r[0], r[1]), r[2], r[3], r[4]) for r in rows]
 
 
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+def _quoted(name: str) -> str:
+    return name if _PLAIN_NAME.fullmatch(name) else '"' + name.replace('"', '""') + '"'
+
+
 def table_label(schema: str, table: str) -> str:
-    return f"{schema}.{table}"
+    """The table's name as ``migration.before_images.entity`` keeps it: ``public.users``,
+    with a part double-quoted only when it needs it (as ``quote_ident`` would). It is a
+    valid ``to_regclass()`` argument, and ``split_label`` gets both parts back."""
+    return f"{_quoted(schema)}.{_quoted(table)}"
+
+
+def split_label(conn: psycopg.Connection, label: str) -> tuple[str, str]:
+    """(schema, table) of a ``table_label``: parsed by the server (``parse_ident``), whose
+    quoting rules the label follows, not split on a dot that a quoted name may contain."""
+    parts = conn.execute("SELECT parse_ident(%s)", (label,)).fetchone()[0]
+    if len(parts) != 2:
+        raise ValueError(f"before-image label {label!r} does not name a schema-qualified table")
+    return parts[0], parts[1]
 
 
 def image_deletes(conn: psycopg.Connection, run_id: str, schema: str, table: str,
@@ -98,20 +118,20 @@ def primary_key(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
     rows = conn.execute(
         "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
         "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) AND i.indisprimary ORDER BY a.attnum",
-        (f"{schema}.{table}",)).fetchall()
+        (table_label(schema, table),)).fetchall()
     return [r[0] for r in rows]
 
 
 def writable_columns(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
     rows = conn.execute(
         "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
-        "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum", (f"{schema}.{table}",)).fetchall()
+        "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum", (table_label(schema, table),)).fetchall()
     return [r[0] for r in rows]
 
 
 def restore(conn: psycopg.Connection, label: str, op: str, row_image: dict | None, keys: list[str] | None) -> int:
     """Undo one before-image: delete inserted keys, or put an imaged row back."""
-    schema, table = label.split(".", 1)
+    schema, table = split_label(conn, label)
     target = sql.Identifier(schema, table)
     pk = primary_key(conn, schema, table)
     if op == "insert":
@@ -121,7 +141,7 @@ def restore(conn: psycopg.Connection, label: str, op: str, row_image: dict | Non
     if op == "insert_range":
         assert keys is not None and len(pk) == 1
         typ = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
-                           "to_regclass(%s) AND attname = %s", (label, pk[0])).fetchone()[0]
+                           "to_regclass(%s) AND attname = %s", (table_label(schema, table), pk[0])).fetchone()[0]
         lo, hi = keys
         # [None, None]: the whole table was empty (a direct load).
         cond = sql.SQL("TRUE") if hi is None else sql.SQL("{k} <= {hi}::{t}").format(

@@ -12,7 +12,6 @@ at the first uncommitted chunk and a rerun of the same data writes nothing.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,20 +23,6 @@ from include.migration import db, images, runs
 from include.migration.entities import ENTITIES, Entity
 
 log = logging.getLogger(__name__)
-
-# Who writes users' Supabase Auth accounts: ``sql`` (auth.py, inside the chunk
-# transaction) or ``admin_api`` (auth_admin.py: GoTrue over HTTP, for projects
-# that forbid writing the auth schema).
-AUTH_PATH_ENV = "MIGRATION_AUTH_PATH"
-AUTH_PATHS = ("sql", "admin_api")
-
-
-def auth_path() -> str:
-    value = (os.environ.get(AUTH_PATH_ENV) or "sql").strip().lower()
-    if value not in AUTH_PATHS:
-        raise ValueError(f"{AUTH_PATH_ENV}={value!r}: expected one of {', '.join(AUTH_PATHS)}")
-    return value
-
 
 def stage_ident(table: str) -> sql.Identifier:
     return sql.Identifier("migration_stage", table)
@@ -72,18 +57,9 @@ def check_stage(dest: psycopg.Connection, entity: Entity, table: str, *, commit:
                 pkey=sql.Identifier(parent.key),
             )
         )
-    if entity.name == "users":
-        # An email held in the destination by another account that this run
-        # does not remove: loading would break the unique email.
-        dest.execute(
-            sql.SQL(
-                "UPDATE {stage} s SET _disposition = 'quarantined', _reason = 'email_taken_in_destination', "
-                "_source = coalesce(_source, to_jsonb(s) - '_source' - 'password_hash') "
-                "WHERE s._disposition = 'loaded' AND EXISTS ("
-                "  SELECT 1 FROM public.users t WHERE t.email = s.email AND t.id <> s.id"
-                "  AND NOT EXISTS (SELECT 1 FROM {stage} o WHERE o.id = t.id AND o._disposition <> 'loaded'))"
-            ).format(stage=stage)
-        )
+    hook = entity.hook("check_stage")  # the entity's own rules (users: an email taken in the destination)
+    if hook is not None:
+        hook(dest, stage)
     counts = disposition_counts(dest, table)
     if commit:
         dest.commit()
@@ -177,9 +153,9 @@ def chunk_bounds(dest: psycopg.Connection, entity: Entity, table: str, batch_siz
 
 
 def _delete_table(entity: Entity) -> tuple[str, str]:
-    """Where a delete of the entity's rows starts: users go through auth.users,
-    whose delete cascades to public.users (and from there to their rows)."""
-    return ("auth", "users") if entity.name == "users" else (entity.schema_name, entity.target_table)
+    """Where a delete of the entity's rows starts (``Entity.delete_from``, users: auth.users,
+    whose delete cascades to public.users and from there to their rows)."""
+    return entity.delete_from or (entity.schema_name, entity.target_table)
 
 
 def _key_table(dest: psycopg.Connection, entity: Entity) -> sql.Identifier:
@@ -207,79 +183,29 @@ def _delete_with_images(dest: psycopg.Connection, entity: Entity, run_id: str, k
         return 0  # the usual case: nothing to delete, so nothing to image either
     where = sql.SQL("t.{} = ANY(ARRAY(SELECT k FROM {}))").format(sql.Identifier(entity.key), present)
     images.image_deletes(dest, run_id, schema, table, where)
-    if entity.name == "users" and auth_path() == "admin_api":
-        return _delete_accounts_via_api(dest, where)
+    delete = entity.hook("delete_rows")  # users with the admin API: GoTrue deletes the accounts
+    deleted = delete(dest, where) if delete is not None else None
+    if deleted is not None:
+        return deleted
     return dest.execute(sql.SQL("DELETE FROM {} t WHERE {}").format(sql.Identifier(schema, table), where)).rowcount
-
-
-def _delete_accounts_via_api(dest: psycopg.Connection, where: sql.Composable) -> int:
-    """admin_api: GoTrue deletes the accounts; public.users and its rows follow by the foreign keys.
-
-    The caller's transaction is committed first: GoTrue deletes in its own
-    transactions, which would wait for rows this one holds (a merged user's
-    moved children and parked email) while this one waits for the HTTP
-    answer. What gets committed early (before-images, the merge moves) is
-    idempotent, so a crash before the deletes leaves work the rerun repeats.
-    """
-    from include.supabase import auth_admin
-
-    ids = [str(r[0]) for r in dest.execute(sql.SQL("SELECT t.id FROM auth.users t WHERE {}").format(where))]
-    dest.commit()
-    return auth_admin.delete_accounts(ids)
 
 
 def remove_non_loaded(dest: psycopg.Connection, entity: Entity, table: str, run_id: str) -> int:
     """Delete destination rows whose source row is now excluded or quarantined.
 
-    Users merged into a survivor hand their children to the survivor first.
-    Runs in the caller's transaction (with ``admin_api``, commits it before
-    the accounts are deleted through the API).
+    Users merged into a survivor hand their children to the survivor first
+    (the entity's ``before_remove`` hook). Runs in the caller's transaction
+    (with ``admin_api``, commits it before the accounts are deleted through the API).
     """
-    if entity.name == "users":
-        _merge_losers_present(dest, table, run_id)
+    before = entity.hook("before_remove")
+    if before is not None:
+        before(dest, table, run_id)
     keys = sql.SQL("SELECT s.{key} FROM {stage} s WHERE s._disposition <> 'loaded'").format(
         key=sql.Identifier(entity.key), stage=stage_ident(table))
     return _delete_with_images(dest, entity, run_id, keys)
 
 
-def _merge_losers_present(dest: psycopg.Connection, table: str, run_id: str) -> None:
-    """A user already in the destination that is now a merged duplicate: load its
-    survivor, move its agents, conversations and media to the survivor, then it
-    can be deleted. The loser's email is parked first so the survivor can take it."""
-    stage = stage_ident(table)
-    losers = dest.execute(sql.SQL(
-        "SELECT s.id, s._maps_to::uuid FROM {stage} s JOIN public.users t ON t.id = s.id "
-        "WHERE s._reason = 'merged_duplicate'").format(stage=stage)).fetchall()
-    if not losers:
-        return
-    loser_ids = [row[0] for row in losers]
-    is_loser = sql.SQL("t.id = ANY({})").format(sql.Literal(loser_ids))
-    images.image_updates(dest, run_id, "public", "users", is_loser)
-    images.image_updates(dest, run_id, "auth", "users", is_loser)
-    dest.execute("UPDATE public.users SET email = 'merged+' || id || '@migration.invalid' WHERE id = ANY(%s)",
-                 (loser_ids,))
-    if auth_path() == "admin_api":
-        from include.supabase import auth_admin
-
-        auth_admin.set_emails({str(i): f"merged+{i}@migration.invalid" for i in loser_ids})
-    else:
-        dest.execute("UPDATE auth.users SET email = 'merged+' || id || '@migration.invalid' "
-                     "WHERE id = ANY(%s)", (loser_ids,))
-    survivors = list({row[1] for row in losers})
-    _upsert_chunk(dest, ENTITIES["users"], table, run_id,
-                  sql.SQL("s.id = ANY({})").format(sql.Literal(survivors)))
-    for child, column in (("agents", "owner_id"), ("conversations", "user_id"), ("media", "owner_id")):
-        exists = dest.execute("SELECT to_regclass(%s)", (f"public.{child}",)).fetchone()[0]
-        if exists:
-            images.image_updates(dest, run_id, "public", child, sql.SQL("t.{} = ANY({})").format(
-                sql.Identifier(column), sql.Literal(loser_ids)))
-            dest.execute(sql.SQL(
-                "UPDATE public.{child} c SET {col} = m._maps_to::uuid FROM {stage} m "
-                "WHERE m._reason = 'merged_duplicate' AND c.{col} = m.id"
-            ).format(child=sql.Identifier(child), col=sql.Identifier(column), stage=stage))
-
-
-def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: str,
+def upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: str,
                   where: sql.Composable) -> tuple[int, int]:
     """Merge the stage rows matching ``where`` (alias ``s``) into the destination;
     returns (inserted, updated)."""
@@ -308,13 +234,12 @@ def _upsert_chunk(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
         changing_keys = sql.SQL("ARRAY(SELECT k FROM {} WHERE NOT new)").format(keys)
         changing = sql.SQL("t.{} = ANY({})").format(key, changing_keys)
         images.image_updates(dest, run_id, entity.schema_name, entity.target_table, changing)
-        if entity.name == "users":
-            images.image_updates(dest, run_id, "auth", "users", changing)
-            images.image_updates(dest, run_id, "auth", "identities",
-                                 sql.SQL("t.user_id = ANY({})").format(changing_keys))
-    if entity.name == "users":
-        # Every account of the range: a password can change while public.users stays identical.
-        _upsert_auth(dest, table, where)
+        image = entity.hook("image_updates")  # users: their Auth accounts
+        if image is not None:
+            image(dest, run_id, changing_keys)
+    before_write = entity.hook("before_write")  # users: every account of the range, changed or not
+    if before_write is not None:
+        before_write(dest, table, where)
     if not new_rows + changed:
         return 0, 0
     where = sql.SQL("s.{} = ANY(ARRAY(SELECT k FROM {}))").format(key, keys)
@@ -352,8 +277,8 @@ def _range(entity: Entity, alias: str, after: str | None, hi: str | None) -> sql
 
 def _range_is_empty(dest: psycopg.Connection, entity: Entity, after: str | None, hi: str) -> bool:
     tables = [target_ident(entity)]
-    if entity.name == "users":
-        tables.append(sql.Identifier("auth", "users"))
+    if entity.delete_from:  # its rows start there (users: auth.users)
+        tables.append(sql.Identifier(*entity.delete_from))
     return not any(dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} t WHERE {})").format(
         t, _range(entity, "t", after, hi))).fetchone()[0] for t in tables)
 
@@ -364,9 +289,10 @@ def _insert_range(dest: psycopg.Connection, entity: Entity, table: str, run_id: 
     one before-image that says 'this whole range was empty'. The usual path of a backfill."""
     names = entity.column_names
     where = _range(entity, "s", after, hi)
-    if entity.name == "users":
-        _upsert_auth(dest, table, where)
-    set_based = entity.name != "users" and _defer_fk_checks(dest)
+    before_write = entity.hook("before_write")
+    if before_write is not None:
+        before_write(dest, table, where)
+    set_based = entity.set_based_fk_checks and _defer_fk_checks(dest)
     inserted = dest.execute(sql.SQL(
         "INSERT INTO {target} ({cols}) SELECT {scols} FROM {stage} s WHERE s._disposition = 'loaded' AND {where}"
     ).format(target=target_ident(entity), cols=_cols(names), scols=_cols(names, "s"), stage=stage_ident(table),
@@ -420,22 +346,6 @@ def check_parents(dest: psycopg.Connection, entity: Entity, after: str | None, h
                 "while this run loaded: rerun the DAG run.")
 
 
-def _upsert_auth(dest: psycopg.Connection, table: str, where: sql.Composable) -> None:
-    if auth_path() == "admin_api":
-        from include.supabase import auth_admin
-
-        # GoTrue writes the accounts in its own transactions, before this
-        # chunk's INSERT into public.users (whose foreign key needs them), so
-        # outside the chunk transaction. That is safe: the calls are
-        # idempotent, and a crash before the chunk commits leaves accounts that
-        # the rerun finds unchanged (no writes) before loading the chunk again.
-        auth_admin.sync_staged_accounts(dest, stage_ident(table), where)
-        return
-    from include.supabase import auth
-
-    auth.upsert_accounts(dest, stage_ident(table), where)
-
-
 def load(dest: psycopg.Connection, entity: Entity, run: runs.Run, *, batch_size: int,
          full: bool) -> LoadResult:
     """Merge the stage into the destination; resumable from ``run.load_progress``."""
@@ -457,7 +367,7 @@ def load(dest: psycopg.Connection, entity: Entity, run: runs.Run, *, batch_size:
         if _range_is_empty(dest, entity, after, hi):
             ins, upd, how = _insert_range(dest, entity, table, run.run_id, after, hi), 0, "insert into an empty range"
         else:
-            ins, upd = _upsert_chunk(dest, entity, table, run.run_id, _range(entity, "s", after, hi))
+            ins, upd = upsert_chunk(dest, entity, table, run.run_id, _range(entity, "s", after, hi))
             how = "merge" if ins or upd else "every row already identical"
         result.inserted += ins
         result.updated += upd
@@ -523,13 +433,6 @@ def record_ledgers(dest: psycopg.Connection, entity: Entity, table: str, run_id:
             "WHERE s.{key} = q.source_key::{typ} AND s._disposition <> {disp})"
         ).format(ledger=sql.Identifier(ledger), disp=sql.Literal(disposition), typ=sql.SQL(entity.key_type),
                  **params))
-    if entity.name == "users":
-        dest.execute(sql.SQL(
-            "INSERT INTO migration.user_id_map (loser_id, survivor_id, email, run_id) "
-            "SELECT s.id, s._maps_to::uuid, s.email, {run} FROM {stage} s WHERE s._reason = 'merged_duplicate' "
-            "ON CONFLICT (loser_id) DO UPDATE SET survivor_id = EXCLUDED.survivor_id, email = EXCLUDED.email, "
-            "run_id = EXCLUDED.run_id"
-        ).format(**params))
-        dest.execute(sql.SQL(
-            "DELETE FROM migration.user_id_map m USING {stage} s WHERE m.loser_id = s.id "
-            "AND s._reason <> 'merged_duplicate'").format(**params))
+    hook = entity.hook("record_ledgers")  # users: migration.user_id_map
+    if hook is not None:
+        hook(dest, stage, run_id)

@@ -7,8 +7,10 @@ wraps each step in a task; tests and the benchmark call them directly.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import ModuleType
@@ -17,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from include.migration import db, direct, runs
+from include.migration import abandoned, db, direct, runs
 from include.migration import extract as extract_mod
 from include.migration import load as load_mod
 from include.migration.entities import Entity, get
@@ -51,6 +53,12 @@ class StaleStage(RuntimeError):
     pass
 
 
+class StageDamaged(StaleStage):
+    """The stage holds some rows, but not what its extract wrote: not what a crash does
+    (crash recovery empties an unlogged table whole), so the load does not stage again by
+    itself. A ``StaleStage`` so callers that stop on one stop on this too."""
+
+
 @dataclass
 class Conns:
     legacy: str
@@ -80,8 +88,19 @@ def entity_hooks(entity: Entity) -> ModuleType | None:
 
 
 def _hook(entity: Entity, name: str) -> Any:
-    module = entity_hooks(entity)
-    return getattr(module, name, None) if module is not None else None
+    return entity.hook(name)
+
+
+def _keeps_run_alive(step: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """A step holds its run's liveness lock while it works (abandoned.heartbeat), so a run
+    whose process dies is told apart from one that is working or between two tasks."""
+    @functools.wraps(step)
+    def alive(conns: Conns, entity_name: str, run: str | dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        run_id = run["run_id"] if isinstance(run, dict) else run
+        with abandoned.heartbeat(conns.dest, run_id, step.__name__):
+            return step(conns, entity_name, run, *args, **kwargs)
+
+    return alive
 
 
 def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run: bool,
@@ -115,8 +134,15 @@ def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run:
     if partitions < 1:
         raise ValueError(f"partitions={partitions}: expected 1 or more")
     entity = get(entity_name)
+    # Runs of this entity whose process died are marked now, not left 'running' for ever.
+    abandoned.mark_abandoned(conns.dest, entity.name, found_by=runs.make_run_id(entity.name, dag_run_id))
     with db.connection(conns.dest) as dest:
         run = runs.start(dest, entity.name, dag_run_id, mode, dry_run)
+        if run.status == "abandoned":
+            # Cleared by an operator after it was found dead: it starts again from a new stage.
+            log.warning("%s: run %s was marked abandoned; starting it again", entity.name, run.run_id)
+            runs.update(dest, run.run_id, status="running")
+            run.status = "running"
         scope = extract_mod.plan_scope(dest, entity, mode)
         why_staged = _why_staged(dest, entity, scope, dry_run=dry_run, load_method=load_method,
                                  partitions=partitions)
@@ -197,6 +223,7 @@ def _describe_range(key_range: Any) -> str:
     return f"({'start' if lo is None else lo}, {'end' if hi is None else hi}]"
 
 
+@_keeps_run_alive
 def extract_partition(conns: Conns, entity_name: str, part: dict[str, Any]) -> dict[str, Any]:
     """Stream a partition's transformed source rows into its stage (the whole scope when the
     run has one partition). A direct run stages nothing here: its load streams."""
@@ -246,7 +273,7 @@ def extract_partition(conns: Conns, entity_name: str, part: dict[str, Any]) -> d
 
 def gather_partitions(dest, entity: Entity, run: runs.Run) -> runs.Run:
     """A partitioned run's stage totals, from its partitions' records: every partition must
-    have extracted. The run's snapshot time is its oldest partition's (see ``_refuse_older_stage``
+    have extracted. The run's snapshot time is its oldest partition's (see ``_newer_stage_loaded``
     and ``_advance_watermark``). Idempotent; returns the run as updated."""
     ranges = run.report.get("partitions")
     if not ranges:
@@ -271,6 +298,7 @@ def gather_partitions(dest, entity: Entity, run: runs.Run) -> runs.Run:
     return _run(dest, run.run_id)
 
 
+@_keeps_run_alive
 def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     entity = get(entity_name)
     with db.connection(conns.dest) as dest:
@@ -296,6 +324,10 @@ def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
                  ", ".join(f"{k} {v}" for k, v in repairs.items()) or "none")
         if run.dry_run:
             plan = load_mod.plan_changes(dest, entity, run.stage_table, full=run.mode == "full")
+            if run.mode == "incremental":
+                from include.migration import deletes
+
+                plan["delete_gone_from_source"] = len(deletes.compare_keys(conns.legacy, conns.dest, entity).gone)
             runs.update(dest, run_id, report={"dry_run_plan": plan})
             dest.commit()
             log.info("%s: DRY RUN, nothing will be written. A load would: %s", entity.name,
@@ -305,6 +337,7 @@ def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     return {"run_id": run_id, "dispositions": counts}
 
 
+@_keeps_run_alive
 def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
          quarantine_threshold_pct: float = DEFAULT_QUARANTINE_THRESHOLD_PCT, gate: dict | None = None,
          lock_wait_seconds: float = 60.0) -> dict[str, Any]:
@@ -331,9 +364,11 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
             log.info("%s: run %s already loaded; nothing to do", entity.name, run_id)
             return {"run_id": run_id, **run.counts.get("load", {})}
         if not is_direct(run):
-            _check_stage_intact(dest, run)
-            _refuse_older_stage(dest, run)
-        if run.load_progress is None:
+            why = _stage_gone(dest, run) or _newer_stage_loaded(dest, run)
+            if why:
+                run = _restage(conns, dest, entity, run, why)
+        if run.load_progress is None and "watermark_before" not in run.report:
+            # Recorded once per run: after a re-stage, another run may have moved it since.
             wm = runs.watermark(dest, entity.name)
             runs.update(dest, run_id, report={"watermark_before": runs.jsonable(wm.__dict__) if wm else None})
             dest.commit()
@@ -348,6 +383,12 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
             if before is not None and run.load_progress is None:
                 before(conns, dest, entity, run)
             result = load_mod.load(dest, entity, run, batch_size=batch_size, full=run.mode == "full")
+            if run.mode == "incremental":
+                # A full run's sweep saw every source key in its stage; an incremental stage holds
+                # only what changed, so the key sets are compared range by range instead.
+                from include.migration import deletes
+
+                result.deleted += deletes.apply_hard_deletes(conns.legacy, conns.dest, dest, entity, run)
             if after is not None:
                 after(conns, dest, entity, run)
         rate = (result.inserted + result.updated) / result.seconds if result.seconds else 0
@@ -398,33 +439,52 @@ def is_direct(run: runs.Run) -> bool:
 
 def _run(dest, run_id: str) -> runs.Run:
     run = runs.get(dest, run_id)
+    if run is not None and run.status == "abandoned":
+        found = dest.execute("SELECT abandoned_at, abandoned_by FROM migration.runs WHERE run_id = %s",
+                             (run_id,)).fetchone()
+        dest.rollback()
+        raise RuntimeError(abandoned.describe(run_id, *found))
     if run is None or run.stage_table is None:
         raise RuntimeError(f"run {run_id} has no extract; rerun the whole DAG run (clear from extract)")
     return run
 
 
-def _check_stage_intact(dest, run: runs.Run) -> None:
+def _stage_gone(dest, run: runs.Run) -> str | None:
+    """Why the run's stage can no longer be loaded as it is (gone, or emptied by crash
+    recovery: the stage is unlogged), or None when it is whole. Raises ``StageDamaged``
+    when it holds some rows but not what the extract wrote."""
     exists = dest.execute("SELECT to_regclass(%s)", (f"migration_stage.{run.stage_table}",)).fetchone()[0]
     rows = dest.execute(sql.SQL("SELECT count(*) FROM {}").format(
         sql.Identifier("migration_stage", run.stage_table))).fetchone()[0] if exists else 0
-    if rows != run.stage_rows:
-        raise RuntimeError(
-            f"{run.entity}: the stage {run.stage_table} holds {rows} rows, the extract wrote {run.stage_rows} "
-            "(the destination restarted after a crash and emptied the unlogged stage?). "
-            "Clear this DAG run from its extract task to stage again; loaded chunks are not written twice.")
+    dest.rollback()
+    if rows == run.stage_rows:
+        return None
+    if not exists:
+        return f"its stage {run.stage_table} is gone"
+    partitions = run.report.get("partitions")
+    if rows == 0 or partitions:
+        # A partition's stage can be gone while the others are whole; staged again, all are.
+        return (f"its stage {run.stage_table} holds {rows} of the {run.stage_rows} rows the extract wrote (the "
+                "destination restarted after a crash and emptied the unlogged stage"
+                + (", or a partition's stage is gone)" if partitions else ")"))
+    raise StageDamaged(
+        f"{run.entity}: the stage {run.stage_table} holds {rows} rows, the extract wrote {run.stage_rows}. A crash "
+        "empties an unlogged stage whole, so something else changed it; staging again would hide what. Nothing "
+        "was written. Find what touched migration_stage, then clear this DAG run from its extract task.")
 
 
-def _refuse_older_stage(dest, run: runs.Run) -> None:
-    """Refuse a stage older than one another run of the entity has started to load.
+def _newer_stage_loaded(dest, run: runs.Run) -> str | None:
+    """Why the run's stage is stale: another run of the entity has started to load a newer
+    snapshot of the source. None when the stage is the newest.
 
     Extracts run outside the write lock, so of two runs at once (a nightly
     incremental and a manual full) the one that staged first may load second;
-    so may a failed run's load retried after a later run succeeded. Either
-    would write older rows over newer ones, behind the watermark.
+    so may a failed run's load retried after a later run succeeded. Loaded as it
+    is, its stage would write older rows over newer ones, behind the watermark.
     """
     mine = run.report.get("extracted_at")
     if not mine:
-        return
+        return None
     newer = dest.execute(
         "SELECT run_id, report->>'extracted_at' FROM migration.runs WHERE entity = %s AND run_id <> %s "
         "AND NOT dry_run AND status <> 'rolled_back' AND load_progress IS NOT NULL "
@@ -432,11 +492,45 @@ def _refuse_older_stage(dest, run: runs.Run) -> None:
         "ORDER BY (report->>'extracted_at')::timestamptz DESC LIMIT 1",
         (run.entity, run.run_id, mine)).fetchone()
     dest.rollback()
-    if newer is not None:
-        raise StaleStage(
-            f"{run.entity}: run {run.run_id} staged the source as of {mine}, but run {newer[0]} has already "
-            f"loaded it as of {newer[1]}; loading this stage would write older rows over newer ones. Nothing "
-            "was written. Clear this DAG run from its extract task to stage the source again.")
+    if newer is None:
+        return None
+    return (f"it staged the source as of {mine}, but run {newer[0]} has already loaded it as of {newer[1]}: "
+            "loaded as it is, the stage would write older rows over newer ones")
+
+
+def _restage(conns: Conns, dest, entity: Entity, run: runs.Run, why: str) -> runs.Run:
+    """Stage the run's scope again from the source, now (every partition, each in its own
+    snapshot), and transform it, inside the write lock; returns the run as updated.
+
+    The scope is the run's own (the same watermark, quarantine retries and key ranges), read
+    in a newer snapshot, so it holds every change the old stage held and any made since. The
+    merge starts over from its first chunk (the extract clears ``load_progress``): resumed at
+    its progress mark, the new stage's changes to rows in chunks already merged would be
+    skipped while the watermark moved past them. Rows already merged compare equal and are
+    not written twice."""
+    log.warning("%s: run %s: %s. Staging its scope again from the source (the load's merge starts over from "
+                "its first chunk; rows already merged are compared, not written twice)", entity.name, run.run_id, why)
+    descriptor = {"run_id": run.run_id, "scope": run.scope.get("kind", "all"), "load_method": "staged"}
+    ranges = run.report.get("partitions")
+    parts: list[dict[str, Any]] = [descriptor]
+    if ranges:
+        # The run's stage, parent of every partition's: made again (with its children dropped).
+        extract_mod.create_stage(dest, entity, run.stage_table)
+        extract_mod.index_stage(dest, entity, run.stage_table)
+        runs.update(dest, run.run_id, counts={"partitions": {}})
+        dest.commit()
+        parts = [{**descriptor, "partition": i, "of": len(ranges), "key_range": list(r)}
+                 for i, r in enumerate(ranges)]
+    for part in parts:
+        extract_partition(conns, entity.name, part)
+    transform(conns, entity.name, run.run_id)
+    restaged = [*run.report.get("restaged", []), why]
+    # The load's figures start over with its merge: they describe what merging this stage wrote.
+    if run.counts.get("load"):
+        log.info("%s: the merge of the earlier stage had written: %s", entity.name, run.counts["load"])
+    runs.update(dest, run.run_id, report={"restaged": restaged}, counts={"load": {}})
+    dest.commit()
+    return _run(dest, run.run_id)
 
 
 def account(dest, entity: Entity, run: runs.Run, result: load_mod.LoadResult) -> dict[str, Any]:
@@ -559,15 +653,15 @@ def _enforce_quarantine_threshold(conns: Conns, entity: Entity, run: runs.Run, t
              total, threshold_pct)
 
 
+@_keeps_run_alive
 def validate(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     from include.migration import validation
 
     entity = get(entity_name)
     with db.connection(conns.dest) as dest:
         mode = _run(dest, run_id).mode
-    # An incremental run does not look for hard deletes, so the destination may
-    # still hold rows gone from the source: the count is checked on full runs,
-    # and the reconciliation reports the pending deletes by key.
+    # The expected count runs the whole transform in the legacy database: full runs
+    # only. An incremental run's reconciliation compares every row (hard deletes included).
     expected = expected_rows(conns, entity) if mode == "full" else None
     report = validation.validate_table(db.sqlalchemy_url(conns.dest), table=entity.target_table,
                                        schema=entity.schema_name, key_column=entity.key,
@@ -590,10 +684,11 @@ class ValidationFailed(RuntimeError):
 def expected_rows(conns: Conns, entity: Entity) -> int:
     """Rows the destination should hold: the source's loadable rows, less those the
     destination itself quarantined (the same set the reconciliation compares)."""
-    query = extract_mod.transform_query(entity, extract_mod.Scope(kind="all"))
     with db.connection(conns.legacy) as legacy:
         legacy.read_only = True
         db.tune_legacy(legacy)
+        query = extract_mod.transform_query(entity, extract_mod.Scope(kind="all"),
+                                            encoding=extract_mod.legacy_encoding(legacy))
         keys_loaded = legacy.execute(sql.SQL(
             "SELECT count(*) FROM ({}) t WHERE t._disposition = 'loaded'").format(query)).fetchone()[0]
     with db.connection(conns.dest) as dest:
@@ -604,11 +699,15 @@ def expected_rows(conns: Conns, entity: Entity) -> int:
     return keys_loaded - dest_only
 
 
+@_keeps_run_alive
 def reconcile(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     from include.migration import reconcile as rec_mod
 
     entity = get(entity_name)
     rec = rec_mod.reconcile(conns.legacy, conns.dest, entity)
+    with db.connection(conns.dest) as dest:
+        # An incremental run's load deleted the rows whose source row was gone: the report says how many.
+        rec.hard_deletes_applied = (_run(dest, run_id).counts.get("hard_deletes") or {}).get("deleted")
     path = rec_mod.persist(conns.dest, run_id, rec)
     with db.connection(conns.dest) as dest:
         # The destination's state after this run, for the rollback's proof.
@@ -618,17 +717,18 @@ def reconcile(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     log.info("%s: reconciliation report written to %s (%.2f s)", entity.name, path, rec.seconds)
     with db.connection(conns.dest) as dest:
         run = _run(dest, run_id)
-    mode = run.mode
     hook = _hook(entity, "on_reconcile")
     problems = list(hook(conns, entity, run)) if hook is not None else []
-    only_extra = rec.extra and not (rec.missing or rec.different or rec.differing_buckets)
-    if mode == "incremental" and only_extra and not problems:
-        # Incremental runs do not look for hard deletes (that needs every key);
-        # rows gone from the source wait for the next full run.
-        log.warning("%s: %d destination rows have no source row any more (hard deletes); the next full run "
-                    "removes them. Keys: %s", entity.name, len(rec.extra), ", ".join(rec.extra[:10]))
-        finish(conns, run_id, "succeeded")
-        return {"run_id": run_id, "verdict": "pending_hard_deletes", "rows": rec.target_rows}
+    swept = rec.hard_deletes_applied
+    if rec.extra:
+        # Every run, incremental too, has deleted the rows whose source row was gone before this
+        # comparison (deletes.py): an extra row now is a difference, not a delete left for later.
+        log.warning("%s: %d destination rows have no source row (extra)%s. Keys: %s", entity.name, len(rec.extra),
+                    f"; this run's load deleted {swept} rows whose source row was gone, so these are rows deleted "
+                    "from the source since, or a fault" if swept is not None else "", ", ".join(rec.extra[:10]))
+    elif swept is not None:
+        log.info("%s: hard deletes: this run deleted %d destination rows whose source row was gone; none is left",
+                 entity.name, swept)
     clean = rec.clean and not problems
     finish(conns, run_id, "succeeded" if clean else "reconciliation_failed")
     if not clean:

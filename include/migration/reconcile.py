@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from include.migration import db
-from include.migration.entities import Entity
-from include.migration.extract import Scope, transform_query
+from include.migration.entities import SQL_DIR, Entity
+from include.migration.extract import Scope, legacy_encoding, transform_query
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class Reconciliation:
     differing_buckets: list[str] = field(default_factory=list)
     seconds: float = 0.0
     target_checksum: int = 0  # with target_rows: the destination table's fingerprint
+    # Rows the run's load deleted because their source row was gone (incremental runs; deletes.py).
+    # None pending: any row still without a source row is in ``extra``, a difference.
+    hard_deletes_applied: int | None = None
 
     @property
     def clean(self) -> bool:
@@ -68,6 +72,7 @@ class Reconciliation:
                 "missing": self.missing[:MAX_LISTED_KEYS], "extra": self.extra[:MAX_LISTED_KEYS],
                 "different": self.different[:MAX_LISTED_KEYS],
                 "differing_buckets": self.differing_buckets[:MAX_LISTED_KEYS],
+                "hard_deletes_applied_by_run": self.hard_deletes_applied,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -85,8 +90,8 @@ def _row_hash(entity: Entity, alias: str) -> sql.Composable:
     return sql.SQL("md5(ROW({})::text)").format(cols)
 
 
-def _source_rows(entity: Entity, skip_keys: list[str]) -> sql.Composable:
-    query = transform_query(entity, Scope(kind="all"))
+def _source_rows(entity: Entity, skip_keys: list[str], encoding: str | None = None) -> sql.Composable:
+    query = transform_query(entity, Scope(kind="all"), encoding=encoding)
     return sql.SQL("SELECT * FROM ({q}) t WHERE t._disposition = 'loaded' AND NOT (t.{key}::text = ANY({skip}))")\
         .format(q=query, key=sql.Identifier(entity.key), skip=sql.Literal(skip_keys))
 
@@ -95,15 +100,23 @@ def _target_rows(entity: Entity) -> sql.Composable:
     return sql.SQL("SELECT * FROM {}").format(sql.Identifier(entity.schema_name, entity.target_table))
 
 
-def _bucket_sums(dsn: str, rows: sql.Composable, entity: Entity) -> dict[str, tuple[int, int]]:
+def range_sums(conn, rows: sql.Composable, bucket: sql.Composable, digest: sql.Composable,
+               params: dict | None = None) -> dict[str, tuple[int, int]]:
+    """Row count and checksum per bucket of ``rows`` (alias ``t``), computed inside the
+    database: ``bucket`` names a row's key range, ``digest`` is an md5 hex of what is
+    compared (a whole row here; only the key for the hard-delete key sets, deletes.py)."""
     query = sql.SQL(
         "SELECT {b} AS bucket, count(*), sum(('x' || left({h}, 16))::bit(64)::bigint) "
         "FROM ({rows}) t GROUP BY 1"
-    ).format(b=_bucket_expr(entity, "t"), h=_row_hash(entity, "t"), rows=rows)
+    ).format(b=bucket, h=digest, rows=rows)
+    return {b: (n, int(s)) for b, n, s in conn.execute(query, params)}
+
+
+def _bucket_sums(dsn: str, rows: sql.Composable, entity: Entity) -> dict[str, tuple[int, int]]:
     with db.connection(dsn, application="migration-reconcile") as conn:
         conn.read_only = True
         db.tune_legacy(conn)
-        return {b: (n, int(s)) for b, n, s in conn.execute(query)}
+        return range_sums(conn, rows, _bucket_expr(entity, "t"), _row_hash(entity, "t"))
 
 
 def _row_hashes(dsn: str, rows: sql.Composable, entity: Entity, buckets: list[str]) -> dict[str, str]:
@@ -123,7 +136,9 @@ def reconcile(legacy_dsn: str, dest_dsn: str, entity: Entity) -> Reconciliation:
         # Rows the destination refused on its own terms are in quarantine, not missing.
         skip = [r[0] for r in conn.execute(
             "SELECT source_key FROM migration.quarantine WHERE entity = %s", (entity.name,))]
-    src_rows, dst_rows = _source_rows(entity, skip), _target_rows(entity)
+    with db.connection(legacy_dsn) as conn:
+        encoding = legacy_encoding(conn)  # a SQL_ASCII source quarantines rows that are not UTF-8
+    src_rows, dst_rows = _source_rows(entity, skip, encoding), _target_rows(entity)
     with ThreadPoolExecutor(max_workers=2) as pool:
         fs = pool.submit(_bucket_sums, legacy_dsn, src_rows, entity)
         fd = pool.submit(_bucket_sums, dest_dsn, dst_rows, entity)
@@ -149,19 +164,22 @@ def persist(dest_dsn: str, run_id: str, rec: Reconciliation) -> Path:
     """Store the verdict in ``migration.reconciliations`` and as a JSON report file."""
     data = rec.as_dict()
     with db.connection(dest_dsn) as conn:
-        conn.execute(
-            "INSERT INTO migration.reconciliations (run_id, entity, verdict, source_rows, target_rows, buckets, "
-            "missing, extra, different) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (run_id, entity) DO UPDATE SET checked_at = now(), verdict = EXCLUDED.verdict, "
-            "source_rows = EXCLUDED.source_rows, target_rows = EXCLUDED.target_rows, buckets = EXCLUDED.buckets, "
-            "missing = EXCLUDED.missing, extra = EXCLUDED.extra, different = EXCLUDED.different",
-            (run_id, rec.entity, data["verdict"], rec.source_rows, rec.target_rows, rec.buckets,
-             Jsonb(data["missing"]), Jsonb(data["extra"]), Jsonb(data["different"])),
-        )
+        record_verdict(conn, run_id, rec.entity, data["verdict"], rec.source_rows, rec.target_rows, rec.buckets,
+                       data["missing"], data["extra"], data["different"])
         conn.commit()
     path = report_dir(run_id) / f"reconcile-{rec.entity}.json"
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def record_verdict(conn: psycopg.Connection, run_id: str, entity: str, verdict: str, source_rows: int,
+                   target_rows: int, buckets: int, missing: list, extra: list, different: list) -> None:
+    """Upsert one verdict into ``migration.reconciliations`` (the rows' and media's Storage
+    reconciliation alike); the caller commits."""
+    conn.execute((SQL_DIR / "reconcile" / "record_verdict.sql").read_text(), {
+        "run_id": run_id, "entity": entity, "verdict": verdict, "source_rows": source_rows,
+        "target_rows": target_rows, "buckets": buckets,
+        "missing": Jsonb(missing), "extra": Jsonb(extra), "different": Jsonb(different)})
 
 
 def report_dir(run_id: str) -> Path:

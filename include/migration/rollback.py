@@ -7,16 +7,22 @@ the earliest rolled-back run, and the media objects those runs uploaded are
 removed. Then it proves the result: each affected table's fingerprint (row
 count and checksum) must equal the one recorded when the last run before
 them finished (or an empty table, when there was none).
+
+It holds the write lock of every entity it undoes (``runs.EntityLock``, the
+lock loads take) from before it chooses the runs to undo until it has
+proved the result, so a rollback and a load of one entity never interleave;
+when a load holds the lock, the rollback refuses, naming the holder.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 from include.migration import db, images, runs
-from include.migration.entities import ENTITIES
+from include.migration.entities import ENTITIES, ORDER
 from include.migration.reconcile import fingerprint
 
 log = logging.getLogger(__name__)
@@ -61,9 +67,27 @@ def select_runs(conn, run_id: str, since: bool) -> list[tuple[str, str, Any]]:
                                    (run_id,)).fetchone())]
 
 
-def rollback(dest_dsn: str, run_id: str, *, since: bool = False, storage_remover=None) -> RollbackResult:
-    with db.connection(dest_dsn, application="migration-rollback") as conn:
+def rollback(dest_dsn: str, run_id: str, *, since: bool = False, storage_remover=None,
+             lock_wait_seconds: float = 60.0) -> RollbackResult:
+    """Undo ``run_id`` (with ``since``: it and every later run), under the write locks of
+    the entities it touches. ``lock_wait_seconds``: how long to wait for a lock a load
+    holds before refusing, as a load waits for another (0: refuse at once)."""
+    with db.connection(dest_dsn, application="migration-rollback") as conn, ExitStack() as locks:
+        entities = sorted({r[1] for r in select_runs(conn, run_id, since)}, key=_lock_order)
+        conn.commit()
+        for entity in entities:  # one fixed order, the same for every rollback: no deadlock between two
+            try:
+                locks.enter_context(runs.EntityLock(dest_dsn, entity, f"rollback of {run_id}",
+                                                    wait_seconds=lock_wait_seconds, conn=conn))
+            except runs.LockBusy as exc:
+                raise RollbackRefused(f"rollback of {run_id} refused, nothing was changed: {exc}") from None
+        # Chosen again under the locks: a run that finished while we waited is undone too.
         selected = select_runs(conn, run_id, since)
+        if not {r[1] for r in selected} <= set(entities):
+            raise RollbackRefused(
+                f"rollback of {run_id} refused, nothing was changed: runs of "
+                f"{', '.join(sorted({r[1] for r in selected} - set(entities)))} started while it waited for the "
+                "write locks; trigger the rollback again")
         ids = [r[0] for r in selected]
         result = RollbackResult(ids)
         earliest = selected[-1][2]
@@ -87,6 +111,10 @@ def rollback(dest_dsn: str, run_id: str, *, since: bool = False, storage_remover
         log.info("rollback: %s: destination %s the state after the last run before %s", entity,
                  "MATCHES" if verdict == "matches" else f"DOES NOT MATCH ({verdict})", run_id)
     return result
+
+
+def _lock_order(entity: str) -> tuple[int, str]:
+    return (ORDER.index(entity) if entity in ORDER else len(ORDER), entity)
 
 
 def _restore_watermarks(conn, selected: list[tuple[str, str, Any]]) -> None:

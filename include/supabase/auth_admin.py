@@ -1,7 +1,7 @@
 """Supabase Auth accounts through the admin API, for projects that forbid writing the ``auth`` schema.
 
 The alternative to ``auth.upsert_accounts`` (SQL), chosen with
-``MIGRATION_AUTH_PATH=admin_api`` (see ``load.auth_path``). Every account is
+``MIGRATION_AUTH_PATH=admin_api`` (see ``users.auth_path``). Every account is
 made by GoTrue itself, over HTTP, with the supabase client's
 ``auth.admin`` calls: ``create_user`` with the legacy ``id``, the bcrypt
 hash as ``password_hash`` (copied unchanged, so the old password keeps
@@ -53,13 +53,14 @@ less under Auth's own load; plan a large user table accordingly.
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from include.supabase.retry import Backoff, call_with_retry
 
 if TYPE_CHECKING:
     import psycopg
@@ -178,9 +179,10 @@ class RetryPolicy:
     base_delay: float = 0.25
     max_delay: float = 8.0
 
-    def pause(self, attempt: int) -> None:
-        delay = min(self.max_delay, self.base_delay * 2 ** attempt)
-        time.sleep(delay * (0.5 + random.random() / 2))  # jitter: concurrent workers do not retry in step
+    @property
+    def backoff(self) -> Backoff:
+        # Jitter below the nominal wait: concurrent workers do not retry in step.
+        return Backoff(self.base_delay, self.max_delay, jitter=(0.5, 1.0))
 
 
 def _status(err: Exception) -> int | None:
@@ -206,15 +208,10 @@ def _fatal(err: Exception) -> bool:
     return _status(err) in (401, 403)
 
 
-def _call(fn: Callable[[], T], policy: RetryPolicy) -> T:
-    for attempt in range(policy.attempts):
-        try:
-            return fn()
-        except Exception as err:  # noqa: BLE001 - classified below
-            if not _retryable(err) or attempt == policy.attempts - 1:
-                raise
-            policy.pause(attempt)
-    raise AssertionError("unreachable")
+def _call(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
+    """``fn()``, retried on 429, 5xx and no answer; ``what`` names the call in the log."""
+    return call_with_retry(fn, attempts=policy.attempts, retryable=_retryable, backoff=policy.backoff,
+                           what=f"Auth admin API {what}", describe=_describe)
 
 
 def _describe(err: Exception) -> str:
@@ -261,7 +258,8 @@ class _Account:
 
     def _get(self) -> Any | None:
         try:
-            return _call(lambda: self.admin.get_user_by_id(self.row.id), self.policy).user
+            user_id = self.row.id
+            return _call(lambda: self.admin.get_user_by_id(user_id), self.policy, f"get user {user_id}").user
         except Exception as err:
             if _is(err, 404):
                 return None
@@ -280,25 +278,28 @@ class _Account:
         }
         if row.password_hash is not None:
             attributes["password_hash"] = row.password_hash
-        for attempt in range(self.policy.attempts):
-            try:
-                self.admin.create_user(attributes)  # type: ignore[arg-type]
-                return RowOutcome(row.id, "created")
-            except Exception as err:  # noqa: BLE001 - classified below
-                if _is(err, 422, "email_exists"):
-                    return None
-                if not _retryable(err) or _fatal(err):
-                    if _fatal(err):
-                        raise
-                    return RowOutcome(row.id, "failed", f"create: {_describe(err)}")
+        try:
+            _call(lambda: self._create_once(attributes), self.policy, f"create user {row.id}")
+        except Exception as err:  # noqa: BLE001 - classified below
+            if _is(err, 422, "email_exists"):
+                return None
+            if _fatal(err):
+                raise
+            if not _retryable(err):
+                return RowOutcome(row.id, "failed", f"create: {_describe(err)}")
+            self.last_error = _describe(err)  # retries exhausted: the caller looks the account up
+            return None
+        return RowOutcome(row.id, "created")
+
+    def _create_once(self, attributes: dict[str, Any]) -> None:
+        try:
+            self.admin.create_user(attributes)  # type: ignore[arg-type]
+        except Exception as err:
+            if _retryable(err):
                 # A timeout or 5xx may still have created it; a 500 is also how
                 # GoTrue answers an id that exists with another email.
                 self.may_have_created = True
-                if attempt == self.policy.attempts - 1:
-                    self.last_error = _describe(err)
-                    return None
-                self.policy.pause(attempt)
-        return None
+            raise
 
     def _reconcile(self, user: Any) -> RowOutcome:
         row = self.row
@@ -308,7 +309,7 @@ class _Account:
         if changes:
             try:
                 update = self.admin.update_user_by_id
-                _call(lambda: update(row.id, changes), self.policy)  # type: ignore[arg-type]
+                _call(lambda: update(row.id, changes), self.policy, f"update user {row.id}")  # type: ignore[arg-type]
             except Exception as err:
                 if _fatal(err):
                     raise
@@ -390,17 +391,10 @@ def delete_accounts_via_admin_api(client: Client, user_ids: Iterable[str], *, wo
     admin = client.auth.admin
 
     def delete(user_id: str) -> RowOutcome:
-        try:
-            _call(lambda: admin.delete_user(user_id), policy)
-            return RowOutcome(user_id, "deleted")
-        except Exception as err:
-            if _is(err, 404):
-                return RowOutcome(user_id, "absent")
-            if _fatal(err):
-                raise
-            return RowOutcome(user_id, "failed", f"delete: {_describe(err)}")
+        _call(lambda: admin.delete_user(user_id), policy, f"delete user {user_id}")
+        return RowOutcome(user_id, "deleted")
 
-    return _run([str(u) for u in user_ids], delete, workers)
+    return _run([str(u) for u in user_ids], _per_user("delete", delete), workers)
 
 
 def set_emails_via_admin_api(client: Client, emails: Mapping[str, str], *, workers: int = DEFAULT_WORKERS,
@@ -410,20 +404,31 @@ def set_emails_via_admin_api(client: Client, emails: Mapping[str, str], *, worke
     admin = client.auth.admin
 
     def set_email(user_id: str) -> RowOutcome:
+        user = _call(lambda: admin.get_user_by_id(user_id), policy, f"get user {user_id}").user
+        if (user.email or "") == emails[user_id].lower():
+            return RowOutcome(user_id, "unchanged")
+        _call(lambda: admin.update_user_by_id(user_id, {"email": emails[user_id]}), policy,
+              f"set email of user {user_id}")
+        return RowOutcome(user_id, "updated")
+
+    return _run(list(emails), _per_user("email", set_email), workers)
+
+
+def _per_user(step: str, action: Callable[[str], RowOutcome]) -> Callable[[str], RowOutcome]:
+    """``action`` on one account, its failure an outcome: a 404 is ``absent``, any other refusal
+    ``failed`` naming ``step``; a key refused for every account (401, 403) stops them all."""
+
+    def run(user_id: str) -> RowOutcome:
         try:
-            user = _call(lambda: admin.get_user_by_id(user_id), policy).user
-            if (user.email or "") == emails[user_id].lower():
-                return RowOutcome(user_id, "unchanged")
-            _call(lambda: admin.update_user_by_id(user_id, {"email": emails[user_id]}), policy)
-            return RowOutcome(user_id, "updated")
+            return action(user_id)
         except Exception as err:
             if _is(err, 404):
                 return RowOutcome(user_id, "absent")
             if _fatal(err):
                 raise
-            return RowOutcome(user_id, "failed", f"email: {_describe(err)}")
+            return RowOutcome(user_id, "failed", f"{step}: {_describe(err)}")
 
-    return _run(list(emails), set_email, workers)
+    return run
 
 
 # ----------------------------------------------------------------------------

@@ -758,6 +758,44 @@ _HOLES = {
             "limit signed-in users to their own rows.",
         ),
     ),
+    "public-read policy that exposes every agent": (
+        "DROP POLICY agents_public_read ON public.agents;"
+        " CREATE POLICY agents_public_read ON public.agents FOR SELECT TO authenticated USING (is_public OR true)",
+        SecurityFinding(
+            "public.agents",
+            "policy_not_owner_only",
+            "Policy agents_public_read on table public.agents does not use auth.uid(), so it opens rows to "
+            "users who do not own them (USING (is_public OR true)).",
+        ),
+    ),
+    "public-read policy that lets users write": (
+        "CREATE POLICY agents_public_write ON public.agents FOR UPDATE TO authenticated USING (is_public)",
+        SecurityFinding(
+            "public.agents",
+            "policy_not_owner_only",
+            "Policy agents_public_write on table public.agents does not use auth.uid(), so it opens rows to "
+            "users who do not own them (USING is_public).",
+        ),
+    ),
+    "public agents readable by anon": (
+        "DROP POLICY agents_public_read ON public.agents;"
+        " CREATE POLICY agents_public_read ON public.agents FOR SELECT TO authenticated, anon USING (is_public)",
+        SecurityFinding(
+            "public.agents",
+            "anon_policy",
+            "Policy agents_public_read on table public.agents applies to anon, but anonymous clients must "
+            "have no access to the application's tables.",
+        ),
+    ),
+    "owner policy for everyone": (
+        "CREATE POLICY media_owner_read ON public.media FOR SELECT USING (owner_id = (SELECT auth.uid()))",
+        SecurityFinding(
+            "public.media",
+            "anon_policy",
+            "Policy media_owner_read on table public.media applies to anon (it is for PUBLIC), but anonymous "
+            "clients must have no access to the application's tables.",
+        ),
+    ),
     "authenticated can truncate": (
         "GRANT TRUNCATE ON public.messages TO authenticated",
         SecurityFinding(
@@ -903,6 +941,38 @@ def test_a_signed_in_user_cannot_write_into_someone_elses_rows(two_users: dict) 
 
     # Bob's rows are invisible to Alice, so her UPDATE and DELETE match nothing.
     assert (updated, deleted) == (0, 0)
+
+
+def test_a_signed_in_user_reads_public_agents_but_writes_only_their_own(two_users: dict) -> None:
+    """As the legacy application allowed: an agent its owner marked public is readable by
+    every signed-in user (and only read: its owner alone changes or deletes it); a private
+    agent stays its owner's; anon still reaches nothing."""
+    alice, bob = two_users["alice"], two_users["bob"]
+    with psycopg.connect(two_users["uri"]) as conn:
+        public_agent = _insert_agent(conn, bob)
+        conn.execute("UPDATE public.agents SET is_public = true WHERE id = %s", (public_agent,))
+        ownerless = _insert_agent(conn, None)  # a built-in agent, public
+        conn.execute("UPDATE public.agents SET is_public = true WHERE id = %s", (ownerless,))
+        conn.commit()
+        _act_as(conn, "authenticated", {"sub": str(alice), "role": "authenticated"})
+        seen = sorted((str(owner), public) for owner, public in
+                      conn.execute("SELECT owner_id, is_public FROM public.agents").fetchall())
+        changed = conn.execute("UPDATE public.agents SET name = 'mine now' WHERE id = %s", (public_agent,)).rowcount
+        removed = conn.execute("DELETE FROM public.agents WHERE id = %s", (public_agent,)).rowcount
+        with pytest.raises(errors.InsufficientPrivilege, match="row-level security"), conn.transaction():
+            conn.execute("INSERT INTO public.agents (id, owner_id, name, system_prompt, model, is_public, "
+                         "created_at, updated_at) VALUES (%s, %s, 'fake', 'p', 'gpt', true, %s, %s)",
+                         (uuid.uuid4(), bob, NOW, NOW))
+        conn.rollback()
+        _act_as(conn, "anon", {"role": "anon"})
+        with pytest.raises(errors.InsufficientPrivilege, match="permission denied for table agents"):
+            conn.execute("SELECT * FROM public.agents")
+        conn.rollback()
+        name = conn.execute("SELECT name FROM public.agents WHERE id = %s", (public_agent,)).fetchone()[0]
+
+    # Her own private agent, Bob's public one and the public built-in; not Bob's private agent.
+    assert seen == sorted([(str(alice), False), (str(bob), True), ("None", True)])
+    assert (changed, removed, name) == (0, 0, "helper")
 
 
 def test_authenticated_without_a_jwt_sees_nothing(two_users: dict) -> None:

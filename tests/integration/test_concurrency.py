@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from include.migration import db, pipeline, runs
 from include.migration.entities import get
@@ -182,8 +183,10 @@ def test_a_killed_holder_releases_the_lock(night, tmp_path: Path):
 def _advisory_lock_holders(dsn: str) -> list[int]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return [r[0] for r in conn.execute(
+            # The entity write locks only (a working run also holds its liveness lock, abandoned.py).
             "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-            "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()")]
+            "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database() "
+            "AND l.classid = hashtext('migration.entity')::oid")]
 
 
 def test_a_holder_that_lost_its_lock_stops_writing(night, tmp_path: Path):
@@ -215,12 +218,86 @@ def test_an_older_stage_is_not_loaded_over_a_newer_one(night):
         conn.execute(rename, ("Manual name", user))
         manual = stage(night, "manual", "full", "users")
     pipeline.load(night, "users", manual, quarantine_threshold_pct=100, lock_wait_seconds=0)
-    with pytest.raises(pipeline.StaleStage, match=rf"users: run {re.escape(nightly)} staged the source as of .*"
-                                                  rf"run {re.escape(manual)} .* older rows over newer"):
-        pipeline.load(night, "users", nightly, quarantine_threshold_pct=100, lock_wait_seconds=0)
-    with db.connection(night.dest) as conn:
-        assert conn.execute("SELECT name FROM public.users WHERE id = %s", (user,)).fetchone()[0] == "Manual name"
-    # Staged again (the DAG run cleared from its extract), it is the newest and loads.
-    nightly = stage(night, "nightly", "incremental", "users")
+    with psycopg.connect(night.legacy, autocommit=True) as conn:
+        conn.execute(rename, ("Latest name", user))
+    # The nightly load finds its stage older than the manual run's, stages its scope again
+    # (now, under the write lock), and loads that: the newest name, not its own old one.
     pipeline.load(night, "users", nightly, quarantine_threshold_pct=100, lock_wait_seconds=0)
+    with db.connection(night.dest) as conn:
+        assert conn.execute("SELECT name FROM public.users WHERE id = %s", (user,)).fetchone()[0] == "Latest name"
+    restaged = record(night.dest, nightly).report["restaged"]
+    assert len(restaged) == 1 and re.search(rf"it staged the source as of .*run {re.escape(manual)} has already "
+                                            r"loaded it .* older rows over newer", restaged[0]), restaged
     assert pipeline.reconcile(night, "users", nightly)["verdict"] == "clean"
+
+
+def _stage_of(dsn: str, run_id: str) -> sql.Identifier:
+    return sql.Identifier("migration_stage", record(dsn, run_id).stage_table)
+
+
+def test_a_load_whose_stage_is_gone_stages_again_and_resumes_from_scratch(night, tmp_path: Path):
+    """The stage dropped after two chunks were merged (a partition's stage lost, an operator's
+    cleanup): the retried load stages the scope again and merges from its first chunk, with
+    the changes made meanwhile, the watermark recorded before its first attempt kept."""
+    nightly = stage(night, "nightly", "full")
+    holder = hold_lock(night, nightly, tmp_path)
+    holder.kill()
+    assert holder.finish().killed
+    watermark_before = record(night.dest, nightly).report["watermark_before"]
+    with psycopg.connect(night.legacy, autocommit=True) as conn:
+        conn.execute("UPDATE messages SET content = 'edited after the first stage' WHERE id = 1")
+        add_messages(conn, 3001, 3010)
+    with psycopg.connect(night.dest, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP TABLE {}").format(_stage_of(night.dest, nightly)))
+    result = load(night, nightly, lock_wait_seconds=0)
+    assert (result["inserted"], result["updated"]) == (3010 - 2 * BATCH, 1)
+    after = record(night.dest, nightly)
+    assert after.report["watermark_before"] == watermark_before
+    assert len(after.report["restaged"]) == 1 and "is gone" in after.report["restaged"][0]
+    with db.connection(night.dest) as conn:
+        assert conn.execute("SELECT content FROM public.messages WHERE id = 1").fetchone()[0] == \
+            "edited after the first stage"
+    assert pipeline.reconcile(night, ENTITY, nightly)["verdict"] == "clean"
+
+
+def test_a_stage_changed_by_something_else_than_a_crash_is_refused(night):
+    """A crash empties the stage whole. Rows missing from a stage that still holds others
+    were removed by something else: the load refuses to stage again over that, writes nothing."""
+    nightly = stage(night, "nightly", "full")
+    with psycopg.connect(night.dest, autocommit=True) as conn:
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id <= 5").format(_stage_of(night.dest, nightly)))
+    with pytest.raises(pipeline.StageDamaged, match=r"messages: the stage \w+ holds 2995 rows, the extract wrote "
+                                                    r"3000\. A crash empties an unlogged stage whole"):
+        load(night, nightly, lock_wait_seconds=0)
+    assert record(night.dest, nightly).load_progress is None
+    assert table_fingerprint(night.dest)["rows"] == 0
+
+
+def test_a_rollback_refuses_while_a_load_holds_the_lock(night, tmp_path: Path):
+    """A rollback takes the same write lock as a load: while the nightly load is between two
+    chunks, a rollback of the entity changes nothing and names the holder; once the load is
+    done, the same rollback goes through and undoes both runs."""
+    from include.migration.rollback import RollbackRefused, rollback
+
+    first = stage(night, "first", "full")
+    load(night, first, lock_wait_seconds=0)
+    with psycopg.connect(night.legacy, autocommit=True) as conn:
+        add_messages(conn, 3001, 6000)
+    nightly = stage(night, "nightly", "incremental")
+    holder = hold_lock(night, nightly, tmp_path)
+    expected = HOLDER.format(run=re.escape(nightly), host=re.escape(socket.gethostname()), pid=holder.pid)
+    before = table_fingerprint(night.dest)
+
+    with pytest.raises(RollbackRefused, match=rf"rollback of {re.escape(first)} refused, nothing was changed: "
+                                              rf"messages: another run is writing this entity \({expected}\)"):
+        rollback(night.dest, first, since=True, lock_wait_seconds=0)
+    assert table_fingerprint(night.dest) == before
+    assert record(night.dest, first).status == "loaded"
+
+    holder.go()
+    assert holder.finish().returncode == 0
+    result = rollback(night.dest, first, since=True, lock_wait_seconds=0)
+    assert sorted(result.run_ids) == sorted([first, nightly])
+    assert table_fingerprint(night.dest)["rows"] == 0
+    with db.connection(night.dest) as conn:
+        assert conn.execute("SELECT count(*) FROM migration.locks").fetchone()[0] == 0

@@ -53,6 +53,50 @@ def test_clean_world_is_go(clean, tmp_path):
     assert (tmp_path / "cutover" / "latest.json").read_text().count('"GO"') == 1
 
 
+def _insert_as_the_app(dest: str, user: str, conversation: str) -> int:
+    """A message written the way the application writes it after cutover: as the signed-in
+    user, through row level security, without an id."""
+    with psycopg.connect(dest) as conn:
+        conn.execute("SET ROLE authenticated")
+        conn.execute("SELECT set_config('request.jwt.claims', %s, true)",
+                     (f'{{"sub": "{user}", "role": "authenticated"}}',))
+        new_id = conn.execute("INSERT INTO public.messages (conversation_id, role, content, created_at) "
+                              "VALUES (%s, 'user', 'after cutover', now()) RETURNING id", (conversation,)).fetchone()[0]
+        conn.commit()
+    return new_id
+
+
+def test_after_the_verdict_the_application_inserts_messages_above_the_migrated_ids(clean):
+    """The direct load rebuilt public.messages (keys dropped and put back) and kept its identity;
+    the cutover step moved it above the highest legacy id, including a quarantined message's."""
+    with psycopg.connect(clean.legacy, autocommit=True) as conn:
+        conn.execute("INSERT INTO messages (id, conversation_id, role, content, created_at) "
+                     "VALUES (40, %s, 'robot', 'unknown role', '2024-01-02')", (C1,))
+    migrate(clean, "again")
+    with psycopg.connect(clean.dest) as conn:
+        assert conn.execute("SELECT attidentity FROM pg_attribute WHERE attrelid = 'public.messages'::regclass "
+                            "AND attname = 'id'").fetchone()[0] == "d"
+        assert conn.execute("SELECT method FROM (SELECT report->>'load_method' AS method, started_at "
+                            "FROM migration.runs WHERE entity = 'messages' ORDER BY started_at LIMIT 1) r"
+                            ).fetchone()[0] == "direct"
+    verdict = evaluate(clean.legacy, clean.dest, "cutover-7", entities=list(RELATIONAL))
+    assert verdict.go, verdict.lines()
+    line = next(x for x in verdict.lines() if "application inserts messages" in x)
+    assert line.startswith("PASS") and "destination 2, legacy 40" in line, line
+    assert _insert_as_the_app(clean.dest, U1, C1) == 41
+    # A second cutover check does not move the identity back below what the application wrote.
+    assert evaluate(clean.legacy, clean.dest, "cutover-8", entities=["messages"]).criteria[-1].ok
+    assert _insert_as_the_app(clean.dest, U1, C1) == 42
+
+
+def test_messages_without_an_id_generator_is_nogo(clean):
+    with psycopg.connect(clean.dest, autocommit=True) as conn:
+        conn.execute("ALTER TABLE public.messages ALTER COLUMN id DROP IDENTITY")
+    bad = failing(evaluate(clean.legacy, clean.dest, "cutover-9", entities=list(RELATIONAL)))
+    assert list(bad) == ["application inserts messages with new ids"]
+    assert "public.messages.id has no identity or sequence" in bad["application inserts messages with new ids"]
+
+
 def test_unaccounted_row_is_nogo(clean):
     with psycopg.connect(clean.dest, autocommit=True) as conn:
         conn.execute("DELETE FROM public.messages WHERE id = 2")

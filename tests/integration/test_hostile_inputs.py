@@ -137,7 +137,7 @@ def test_future_timestamps_do_not_hold_back_the_watermark(hostile):
 
 
 def test_object_path_of_an_invalid_utf8_file_name():
-    from include.supabase.storage import object_path, safe_file_name
+    from include.migration.media_source import object_path, safe_file_name
 
     owner, media = IDS["user"], "40000000-0000-4000-8000-000000000001"
     raw = b"caf\xe9 \xff\xfe report.pdf"  # Latin-1 bytes: not UTF-8
@@ -150,18 +150,16 @@ def test_object_path_of_an_invalid_utf8_file_name():
     assert safe_file_name(b"caf\xe9.pdf") != safe_file_name(b"caf\xe8.pdf")
 
 
-@pytest.mark.xfail(strict=True, raises=psycopg.errors.CharacterNotInRepertoire, reason=(
-    "No rule yet for a legacy database that is not UTF-8. A UTF-8 one cannot hold invalid UTF-8 at all; a "
-    "SQL_ASCII one can, and then the extract's binary COPY into the UTF-8 stage fails for the whole entity "
-    "(and psycopg hands SQL_ASCII text over as bytes). object_path itself handles such names: see above."))
-def test_invalid_utf8_file_name_through_the_pipeline(pg_uri: str):
-    """The media row whose file name is not UTF-8 should load under a safe object path
-    (or be quarantined with a reason); today the extract of the whole entity fails."""
+def test_text_that_is_not_utf8_in_a_sql_ascii_legacy_database_is_quarantined_row_by_row(pg_uri: str):
+    """A SQL_ASCII legacy database holds any bytes. A row whose file name or text is not UTF-8
+    is quarantined (``invalid_utf8``), its legacy row kept in the ledger with those bytes
+    escaped; every other row loads, UTF-8 beyond ASCII included, and every step succeeds."""
     name = f"hostile_ascii_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(f"{pg_uri}/postgres", autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
                              "TEMPLATE template0").format(sql.Identifier(name)))
     dest = create_database(pg_uri, f"hostile_ascii_dest_{uuid.uuid4().hex[:8]}")
+    latin1_user, utf8_user = "10000000-0000-4000-8000-000000000091", "10000000-0000-4000-8000-000000000092"
     try:
         legacy = f"{pg_uri}/{name}"
         with psycopg.connect(legacy, autocommit=True) as conn:
@@ -172,9 +170,39 @@ def test_invalid_utf8_file_name_through_the_pipeline(pg_uri: str):
                          "convert_from('\\x636166e92e706466'::bytea, 'SQL_ASCII'), 'application/pdf', 3, "
                          "'ab/cd', '2024-01-01')", (IDS["user"],))
             assert conn.execute("SELECT octet_length(file_name) FROM media_assets").fetchone()[0] == 8
+            # 'José' in Latin-1 (not UTF-8), and 'Zoë' in UTF-8.
+            conn.execute("INSERT INTO users (id, email, display_name, created_at, updated_at) VALUES "
+                         "(%s, 'jose@example.com', convert_from('\\x4a6f73e9'::bytea, 'SQL_ASCII'), '2024-01-01', "
+                         "'2024-01-01'), (%s, 'zoe@example.com', convert_from('\\x5a6fc3ab'::bytea, 'SQL_ASCII'), "
+                         "'2024-01-01', '2024-01-01')", (latin1_user, utf8_user))
+            # A truncated three-byte sequence in a message's content.
+            conn.execute("INSERT INTO messages (id, conversation_id, role, content, created_at) VALUES "
+                         "(2, %s, 'user', convert_from('\\x6f6b20e282'::bytea, 'SQL_ASCII'), '2024-01-02 00:00:02')",
+                         (IDS["conversation"],))
         bootstrap(dest)
-        out = pipeline.extract(pipeline.Conns(legacy, dest), "media", "ascii", mode="full", dry_run=False)
+        conns = pipeline.Conns(legacy, dest)
+        for entity in ENTITIES:
+            pipeline.run_entity(conns, entity, "ascii", mode="full", validate_with_gx=True,
+                                quarantine_threshold_pct=100)
+        with db.connection(dest) as conn:
+            assert conn.execute("SELECT entity, status FROM migration.runs ORDER BY entity").fetchall() == \
+                [(e, "succeeded") for e in sorted(ENTITIES)]
+            quarantined = conn.execute("SELECT entity, source_key, reason, source_row->>'legacy_row_escaped' "
+                                       "FROM migration.quarantine ORDER BY entity").fetchall()
+            assert [q[:3] for q in quarantined] == [("messages", "2", "invalid_utf8"),
+                                                   ("users", latin1_user, "invalid_utf8")]
+            assert '"content": "ok \\342\\202"' in quarantined[0][3], quarantined[0][3]
+            assert '"display_name": "Jos\\351"' in quarantined[1][3], quarantined[1][3]
+            assert conn.execute("SELECT name FROM public.users WHERE id = %s", (utf8_user,)).fetchone()[0] == "Zoë"
+            assert conn.execute("SELECT count(*) FROM public.messages").fetchone()[0] == 1
+        # The media row: staged, and quarantined for its file name, not a failure of the entity.
+        out = pipeline.extract(conns, "media", "ascii", mode="full", dry_run=False)
         assert out["stage_rows"] == 1
+        with db.connection(dest) as conn:
+            stage = conn.execute("SELECT stage_table FROM migration.runs WHERE run_id = %s",
+                                 (out["run_id"],)).fetchone()[0]
+            assert conn.execute(sql.SQL("SELECT _disposition, _reason, file_name FROM {}").format(
+                sql.Identifier("migration_stage", stage))).fetchall() == [("quarantined", "invalid_utf8", None)]
     finally:
         drop_database(pg_uri, name)
         drop_database(pg_uri, dest.rsplit("/", 1)[1])
@@ -260,12 +288,6 @@ def test_destination_table_that_needs_quoting(small_world):
     assert public == 0 and odd["rows"] == loaded > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "images.py names tables to to_regclass() as an unquoted 'schema.table' string (primary_key, "
-    "writable_columns, child_fks, restore of insert_range), and the before-image label is split on its "
-    "first dot: a rollback cannot find a table whose name needs quoting. Supabase's tables do not, so this "
-    "is latent; the fix is to_regclass() of sql.Identifier(schema, table).as_string() and a label kept "
-    "as two columns."))
 def test_rollback_of_a_table_that_needs_quoting(small_world):
     from include.migration.reconcile import fingerprint
     from include.migration.rollback import rollback

@@ -3,7 +3,9 @@
 Every planted defect kind is recomputed here from the data alone (SQL, JSON
 parsing, the media files on disk) and must equal the reported keys exactly;
 the quarantine kinds stay within the pipeline's 0.1 % budget; the same seed
-rebuilds the same world; apply_changes changes exactly what it reports.
+rebuilds the same world; apply_changes changes exactly what it reports;
+the world's timestamps follow the day it is generated for, so the suites'
+"not in the future" checks pass under an earlier clock.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, LiteralString
 
@@ -28,6 +30,7 @@ from psycopg import sql
 from local_runtime.world import (
     QUARANTINE_KINDS,
     TABLES,
+    WORLD_SPAN,
     ChangeReport,
     WorldReport,
     apply_changes,
@@ -35,6 +38,16 @@ from local_runtime.world import (
 )
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+# Every timestamp column of the legacy tables.
+TIMESTAMPS = (
+    ("users", ("created_at", "updated_at", "deleted_at")),
+    ("agents", ("created_at", "updated_at")),
+    ("conversations", ("created_at", "updated_at", "deleted_at")),
+    ("messages", ("created_at",)),
+    ("media_assets", ("created_at",)),
+)
 
 # The pipeline's rule: one @, no spaces, a dotted domain, after lower(trim()).
 VALID_EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
@@ -135,6 +148,7 @@ def _losers_param(dsn: str) -> dict[str, list[uuid.UUID]]:
 Check = Callable[[str, WorldReport], set[str]]
 
 # Each planted kind, recomputed from the data without looking at the report.
+# A data table: its entries share a shape (a query per kind), not logic.
 CHECKS: dict[str, Check] = {
     "users.invalid_email": lambda dsn, r: {
         str(i)
@@ -391,21 +405,22 @@ def test_password_hashes_are_bcrypt_with_mixed_prefixes(world: tuple[str, WorldR
     assert 0.03 <= prefixes[None] / report.counts["users"] <= 0.07
 
 
+def _time_range(dsn: str, table: str, columns: tuple[str, ...]) -> tuple[datetime, datetime]:
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    query = sql.SQL("SELECT min(least({c})), max(greatest({c})) FROM {t}").format(
+        c=names, t=sql.Identifier(table)
+    )
+    low, high = _rows(dsn, query)[0]
+    return low, high
+
+
 def test_timestamps_stay_in_the_timeline(world: tuple[str, WorldReport]) -> None:
-    dsn, _ = world
-    for table, columns in (
-        ("users", ("created_at", "updated_at", "deleted_at")),
-        ("agents", ("created_at", "updated_at")),
-        ("conversations", ("created_at", "updated_at", "deleted_at")),
-        ("messages", ("created_at",)),
-        ("media_assets", ("created_at",)),
-    ):
-        names = sql.SQL(", ").join(map(sql.Identifier, columns))
-        query = sql.SQL("SELECT min(least({c})), max(greatest({c})) FROM {t}").format(
-            c=names, t=sql.Identifier(table)
-        )
-        low, high = _rows(dsn, query)[0]
-        assert datetime(2023, 1, 1) <= low and high <= datetime(2026, 6, 30), table
+    dsn, report = world
+    end = datetime.fromisoformat(report.horizon)
+    assert end <= datetime.now(UTC).replace(tzinfo=None)  # midnight of the day it was seeded
+    for table, columns in TIMESTAMPS:
+        low, high = _time_range(dsn, table, columns)
+        assert end - WORLD_SPAN <= low and high < end, table
 
 
 def test_text_is_realistic_and_international(world: tuple[str, WorldReport]) -> None:
@@ -511,7 +526,9 @@ def test_same_seed_rebuilds_the_same_world(
 ) -> None:
     dsn, report = world
     same_dsn = fresh_db("legacy")
-    same = seed(same_dsn, scale="small", seed=42, media_root=tmp_path / "media")
+    # The same day as the shared world, even if the clock passed midnight meanwhile.
+    same = seed(same_dsn, scale="small", seed=42, media_root=tmp_path / "media",
+                now=datetime.fromisoformat(report.horizon))
     assert (same.counts, same.planted, same.known_passwords, same.duplicate_of) == (
         report.counts,
         report.planted,
@@ -522,6 +539,46 @@ def test_same_seed_rebuilds_the_same_world(
     assert _fingerprint(same_dsn, same.media_root) == expected
     different = changed_world.fingerprint  # seed 5, before its changes
     assert all(different[k] != expected[k] for k in expected)
+
+
+def _future_rows(dsn: str, clock: datetime) -> dict[str, int]:
+    """Rows each suite's "not in the future" expectation flags, on a machine whose clock reads ``clock``.
+
+    The expectations' own queries (include/expectations/*.json) run on the
+    legacy tables, with the database's ``now()`` replaced by ``clock``.
+    """
+    found: dict[str, int] = {}
+    for path in sorted((ROOT / "include" / "expectations").glob("*.json")):
+        table = {"media": "media_assets"}.get(path.stem, path.stem)
+        for expectation in json.loads(path.read_text()):
+            query = (expectation.get("kwargs") or {}).get("unexpected_rows_query") or ""
+            if "now()" not in query:
+                continue
+            check = query.replace("{batch}", table).replace("now()", "%(clock)s::timestamp")
+            found[f"{path.stem}: {expectation['kwargs']['description']}"] = len(
+                _rows(dsn, check, {"clock": clock})  # type: ignore[arg-type]
+            )
+    return found
+
+
+def test_a_clock_earlier_than_the_old_fixed_dates_still_validates(
+    world: tuple[str, WorldReport], fresh_db, tmp_path: Path
+) -> None:
+    """A machine whose clock reads a day before 2026-06-30 (the generator's last fixed date
+    once) gets a world entirely before that day, the same world but for its dates."""
+    dsn, report = world
+    clock = datetime(2025, 3, 14, 9, 30)
+    early_dsn = fresh_db("legacy")
+    early = seed(early_dsn, scale="small", seed=42, media_root=tmp_path / "media", now=clock)
+    assert early.horizon == "2025-03-14 00:00:00"
+    assert (early.counts, early.planted, early.known_passwords, early.duplicate_of) == (
+        report.counts, report.planted, report.known_passwords, report.duplicate_of)
+    for table, columns in TIMESTAMPS:
+        assert _time_range(early_dsn, table, columns)[1] < clock, table
+    checks = _future_rows(early_dsn, clock)
+    assert len(checks) >= 5 and set(checks.values()) == {0}, checks
+    # The check can fail: today's world, read by that earlier clock, is in its future.
+    assert sum(_future_rows(dsn, clock).values()) > 0
 
 
 def test_refuses_to_clear_a_folder_it_did_not_write(pg_uri: str, tmp_path: Path) -> None:

@@ -28,10 +28,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from include.migration import media, pipeline
+from include.migration import media, media_uploads, pipeline
 from include.migration.entities import get
 from local_runtime.world import WorldReport, seed
-from include.supabase.storage import ensure_bucket, list_objects, object_path
+from include.migration.media_source import object_path
+from include.supabase.storage import ensure_bucket, list_objects
 from local_runtime.standins.storage import StorageStandIn
 from tests.conftest import create_database, drop_database
 
@@ -329,7 +330,7 @@ def test_an_interrupted_upload_pass_resumes_with_only_the_missing_files(mw: Medi
     ids = "|".join(p.split("/")[1] for p in broken)
     fault = mw.standin.inject_fault(rf"^/object/media/[^/]+/({ids})/", status=503, times=10**6, method="POST")
 
-    with pytest.raises(media.UploadsFailing, match=f"{len(broken)} of {len(paths)} uploads failed"):
+    with pytest.raises(media_uploads.UploadsFailing, match=f"{len(broken)} of {len(paths)} uploads failed"):
         pipeline.load(mw.conns, "media", run_id, quarantine_threshold_pct=100)
     # Stopped before any row changed; what landed is recorded.
     assert mw.q("SELECT count(*) FROM public.media") == [(0,)]

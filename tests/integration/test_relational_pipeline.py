@@ -214,11 +214,14 @@ def test_incremental_follows_updates_inserts_and_deletes(world):
     assert fetch(world.dest, "SELECT name FROM public.users WHERE id = %s", U[1]) == [("Alicia",)]
     assert fetch(world.dest, "SELECT count(*) FROM public.conversations WHERE id = %s", C[4]) == [(0,)]
     assert fetch(world.dest, "SELECT content FROM public.messages WHERE id = 20") == [("new",)]
-    # A hard delete is seen by a full run only.
-    assert fetch(world.dest, "SELECT count(*) FROM public.agents WHERE id = %s", A[5]) == [(1,)]
-    pipeline.run_entity(world, "agents", "full-after", mode="full", validate_with_gx=False,
-                        quarantine_threshold_pct=100)
+    # A hard delete is seen by the incremental run too (deletes.py), with its before-image.
     assert fetch(world.dest, "SELECT count(*) FROM public.agents WHERE id = %s", A[5]) == [(0,)]
+    assert fetch(world.dest, "SELECT row_image->>'id' FROM migration.before_images WHERE run_id = 'agents:inc' "
+                             "AND entity = 'public.agents' AND op = 'delete'") == [(A[5],)]
+    # Nothing is left for a full run to delete.
+    out = pipeline.run_entity(world, "agents", "full-after", mode="full", validate_with_gx=False,
+                              quarantine_threshold_pct=100)
+    assert out["deleted"] == 0
 
 
 def test_rollback_of_the_second_run_restores_the_first_state(world):

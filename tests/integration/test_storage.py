@@ -28,20 +28,21 @@ import pytest
 from storage3.exceptions import StorageApiError
 from supabase import Client, ClientOptions, create_client
 
-from include.supabase.storage import (
-    BucketSettingsMismatch,
+from include.migration.media_source import (
     LocalMediaSource,
     MediaPathError,
-    StorageUploader,
-    UploadItem,
-    ensure_bucket,
-    list_objects,
     object_path,
-    remove_objects,
     safe_file_name,
     sniff_mime,
+)
+from include.supabase.storage import (
+    BucketSettingsMismatch,
+    ensure_bucket,
+    list_objects,
+    remove_objects,
     verify_object,
 )
+from include.supabase.storage_upload import StorageUploader, UploadItem
 from local_runtime.standins.storage import StorageStandIn, is_valid_key, make_jwt
 
 pytestmark = pytest.mark.integration
@@ -747,6 +748,7 @@ def test_local_media_source_refuses_paths_outside_its_root(tmp_path: Path) -> No
             source.read_bytes(key)
 
 
+# A data table of magic numbers: its rows share a shape, not logic.
 @pytest.mark.parametrize(
     ("head", "name", "expected"),
     [

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from local_runtime import bench
+from local_runtime.bench import report as bench
 
 
 def row(step: str, entity: str, seconds: float, rows: int | None = None, **extra) -> dict:
@@ -182,3 +182,13 @@ def test_tables_show_every_step_its_ratio_and_each_verdict(steps):
 def test_breakdown_splits_a_run_by_its_record(steps):
     (line,) = [x for x in bench.breakdown_lines(steps) if x.strip().startswith("(1)")]
     assert "extract    5.00 s" in line and "load    6.00 s" in line and "1.00 s" in line
+
+
+def test_a_step_kind_added_without_a_label_prints_under_its_own_name_after_the_others(steps):
+    added = bench.enrich([*steps, row("storage_reconcile_1m", "media", 30.0, 1_000_000)], {})
+    lines = bench.step_table(added, bench.totals(added))
+    new = [i for i, line in enumerate(lines) if line.startswith("storage_reconcile_1m")]
+    assert len(new) == 2  # the media row and its total
+    assert "1,000,000" in lines[new[0]] and "30.00" in lines[new[0]]
+    reconcile = bench.STEP_LABELS[bench.RECONCILE]
+    assert new[0] > max(i for i, line in enumerate(lines) if line.startswith(reconcile))

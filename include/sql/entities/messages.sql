@@ -4,14 +4,15 @@
 -- a day ahead -> quarantined (implausible_timestamp); metadata null -> an
 -- empty object; malformed (or not a JSON object, or with a \u0000 escape
 -- jsonb refuses, or nested deeper than 100 levels) -> loaded as an object
--- with key legacy_raw holding the text, repaired.
+-- with key legacy_raw holding the text, repaired; a negative token_count (a
+-- count cannot be; the GX suite wants >= 0) -> null, unknown, repaired.
 WITH {fates}
 SELECT
     m.id,
     m.conversation_id,
     CASE WHEN m.role = 'bot' THEN 'assistant' ELSE m.role END AS role,
     m.content,
-    m.token_count,
+    CASE WHEN m.token_count >= 0 THEN m.token_count END AS token_count,
     m.model,
     CASE WHEN m.metadata IS NULL THEN jsonb_build_object()
          WHEN jsonb_typeof(m._parsed) = 'object' THEN m._parsed
@@ -31,7 +32,8 @@ SELECT
     array_remove(ARRAY[
         CASE WHEN m.role = 'bot' THEN 'role_bot_to_assistant' END,
         CASE WHEN m.metadata IS NOT NULL AND jsonb_typeof(m._parsed) IS DISTINCT FROM 'object'
-             THEN 'metadata_kept_as_legacy_raw' END
+             THEN 'metadata_kept_as_legacy_raw' END,
+        CASE WHEN m.token_count < 0 THEN 'token_count_negative_set_null' END
     ], NULL) AS _repairs,
     NULL::text AS _maps_to,
     greatest(CASE WHEN NOT m._implausible_ts THEN m.created_at END, cf.change_ts) AS _change_ts,

@@ -7,6 +7,14 @@
 -- Checks:
 --   rls_disabled            a table in public without row level security
 --   no_auth_uid_policy      a table in public with no policy that uses auth.uid()
+--   policy_not_owner_only   a permissive policy on a table in public that does
+--                           not use auth.uid(), so it opens rows beyond their
+--                           owner's; the one known exception is the read of
+--                           public agents (agents_public_read in
+--                           010_supabase.sql: SELECT, for authenticated only,
+--                           USING (is_public) and nothing else)
+--   anon_policy             a policy on a table in public that applies to anon
+--                           (named, or through PUBLIC)
 --   anon_privilege          anon holds any privilege on a table in public
 --   authenticated_truncate  authenticated can TRUNCATE a table in public,
 --                           which empties it without consulting RLS
@@ -85,6 +93,13 @@ held AS (
     WHERE m.relkind = 'S'
       AND pg_catalog.has_sequence_privilege(r.oid, m.oid, sp.privilege)
 ),
+policies AS (
+    SELECT p.polname, t.relation, p.polcmd, p.polpermissive, p.polroles,
+           coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') AS qual,
+           coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), '') AS withcheck
+    FROM pg_catalog.pg_policy p
+    JOIN public_tables t ON t.oid = p.polrelid
+),
 findings AS (
     SELECT t.relation,
            'rls_disabled' AS problem,
@@ -106,6 +121,30 @@ findings AS (
           AND (strpos(coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), ''), 'auth.uid()') > 0
                OR strpos(coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), 'auth.uid()') > 0)
     )
+
+    UNION ALL
+    SELECT p.relation,
+           'policy_not_owner_only',
+           format('Policy %I on table %s does not use auth.uid(), so it opens rows to users who do not '
+                  'own them (USING %s).', p.polname, p.relation, coalesce(nullif(p.qual, ''), 'nothing'))
+    FROM policies p
+    WHERE p.polpermissive
+      AND strpos(p.qual, 'auth.uid()') = 0
+      AND strpos(p.withcheck, 'auth.uid()') = 0
+      -- Signed-in users read public agents: read only, authenticated only, public rows only.
+      AND NOT (p.relation = 'public.agents' AND p.polcmd = 'r'
+               AND p.polroles = ARRAY[(SELECT oid FROM api_roles WHERE rolname = 'authenticated')]
+               AND p.qual IN ('is_public', '(is_public = true)'))
+
+    UNION ALL
+    SELECT p.relation,
+           'anon_policy',
+           format('Policy %I on table %s applies to anon%s, but anonymous clients must have no access '
+                  'to the application''s tables.', p.polname, p.relation,
+                  CASE WHEN 0::oid = ANY(p.polroles) THEN ' (it is for PUBLIC)' ELSE '' END)
+    FROM policies p
+    WHERE 0::oid = ANY(p.polroles)
+       OR (SELECT oid FROM api_roles WHERE rolname = 'anon') = ANY(p.polroles)
 
     UNION ALL
     SELECT h.relation,

@@ -1,0 +1,269 @@
+"""The benchmark's phases, in the order they run, and their registry.
+
+This module owns *what* the benchmark does to the two databases and in which
+order. A phase is one function of the :class:`Run`: it measures steps
+(``run.bench.measure(kind, entity, step_function, ...)``, whose rows land in
+the step table), changes the source between steps, or adds a section to the
+report (``run.sections[name] = {...}``, printed through ``run.notes``).
+
+Adding a step is one function here (its measured body, when it has one, in
+:mod:`local_runtime.bench.steps`) plus one line in :data:`PHASES`; a new step
+kind prints under its own name unless :data:`~local_runtime.bench.report.STEP_LABELS`
+gives it a label.
+"""
+
+from __future__ import annotations
+
+import io
+import pstats
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from local_runtime import bench_deletes
+from local_runtime.bench import steps as measured
+from local_runtime.bench.measure import Bench, say
+from local_runtime.bench.output import fmt_changes
+from local_runtime.bench.report import (
+    CHANGED,
+    ENTITY_ORDER,
+    FULL,
+    INCREMENTAL,
+    LIMIT,
+    NAIVE,
+    RECONCILE,
+    UNCHANGED,
+    _fmt_num,
+)
+from local_runtime.bench.server import (
+    RESULTS,
+    ROOT,
+    Server,
+    drop_scratch,
+    empty_destination_messages,
+    scratch_table,
+    set_statement_tracking,
+    statements_available,
+    top_statements,
+)
+
+
+@dataclass
+class Run:
+    """One benchmark run as the phases build it up."""
+
+    bench: Bench
+    server: Server
+    naive_rows: int  # messages the naive approach writes
+    profile: bool  # whether the profiled extra run happens
+    steps: list[dict] = field(default_factory=list)  # rows of the step table
+    sections: dict[str, Any] = field(default_factory=dict)  # report keys of their own (changes, ...)
+    notes: list[str] = field(default_factory=list)  # one line per section, printed with the report
+
+
+# ---------------------------------------------------------------------------
+# Helpers of the phases
+
+
+def run_limits(b: Bench) -> list[dict]:
+    rows = []
+    for entity in ENTITY_ORDER:
+        scratch_table(b.legacy, b.dest, "bench_limit", entity)
+        row = b.measure(LIMIT, entity, measured.step_limit, legacy=b.legacy, dest=b.dest, entity=entity)
+        row["bytes"] = row["detail"].get("bytes_copied")
+        rows.append(row)
+    drop_scratch(b.dest, "bench_limit")
+    return rows
+
+
+def run_naive(b: Bench, limit_rows: int) -> dict:
+    scratch_table(b.legacy, b.dest, "bench_naive", "messages")
+    row = b.measure(NAIVE, "messages", measured.step_naive, legacy=b.legacy, dest=b.dest, entity="messages",
+                    limit_rows=limit_rows)
+    drop_scratch(b.dest, "bench_naive")
+    return row
+
+
+def run_pipeline_round(b: Bench, step: str, mode: str,
+                       entities: tuple[str, ...] = ENTITY_ORDER) -> list[dict]:
+    rows = []
+    for entity in entities:
+        rows.append(b.measure(step, entity, measured.step_pipeline, legacy=b.legacy, dest=b.dest,
+                              entity=entity, dag_run_id=f"bench-{b.stamp}-{step}", mode=mode))
+    return rows
+
+
+def edit_messages(legacy: str) -> int:
+    """The synthetic 10 % stress: messages are append-only in the app."""
+    with psycopg.connect(legacy, autocommit=True) as conn:
+        n = conn.execute("UPDATE messages SET content = content || ' (edited)' WHERE id % 10 = 0").rowcount
+        conn.execute("VACUUM (ANALYZE) messages")
+    return n
+
+
+def run_changes(legacy: str) -> dict[str, int]:
+    from local_runtime.world import apply_changes
+
+    report = apply_changes(legacy, seed=7, fraction=0.01)
+    with psycopg.connect(legacy, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+    return {kind: len(keys) for kind, keys in report.changes.items()}
+
+
+def partitions_note(out: dict) -> str:
+    def one(n: str) -> str:
+        r = out.get(n) or {}
+        if r.get("error") or r.get("seconds") is None:
+            return f"{n} partition{'s' if n != '1' else ''}: FAILED {r.get('error') or ''}".rstrip()
+        ratio = f" ({r['seconds'] / out['limit_seconds']:.2f}x limit)" if out.get("limit_seconds") else ""
+        return (f"{n} partition{'s' if n != '1' else ''}: {r['seconds']:.1f} s{ratio}, extract "
+                f"{_fmt_num(r.get('extract_seconds'), '.1f')} s, "
+                f"load {_fmt_num(r.get('load_seconds'), '.1f')} s")
+    return ("partitions (messages full run into an empty table; 1: direct load, 2: staged side by side, then "
+            "copied in whole): " + "; ".join(one(n) for n in ("1", "2")))
+
+
+def python_hotspots(path: Path, limit: int = 12) -> list[str]:
+    stream = io.StringIO()
+    stats = pstats.Stats(str(path), stream=stream)
+    stats.sort_stats("tottime").print_stats(limit)
+    lines = stream.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip().startswith("ncalls")), 0)
+    return [line.rstrip() for line in lines[start:] if line.strip()]
+
+
+# ---------------------------------------------------------------------------
+# The phases
+
+
+def limits(run: Run) -> None:
+    """The floor of each entity: binary COPY into an empty scratch table."""
+    run.steps += run_limits(run.bench)
+
+
+def naive(run: Run) -> None:
+    """The plan's first idea, on a slice of the messages."""
+    run.steps.append(run_naive(run.bench, run.naive_rows))
+
+
+def bootstrap_destination(run: Run) -> None:
+    from include.migration.bootstrap import bootstrap
+
+    bootstrap(run.bench.dest)
+
+
+def full(run: Run) -> None:
+    """(1) every entity into the empty destination."""
+    run.steps += run_pipeline_round(run.bench, FULL, "full")
+
+
+def unchanged(run: Run) -> None:
+    """(2) the same again, nothing changed."""
+    run.steps += run_pipeline_round(run.bench, UNCHANGED, "full")
+
+
+def changed(run: Run) -> None:
+    """(3) after 10 % of the messages were edited; only the messages changed, so only they rerun
+    (the other entities' rerun would repeat (2))."""
+    say(f"  edited {edit_messages(run.bench.legacy):,} legacy messages (10 %)")
+    run.steps += run_pipeline_round(run.bench, CHANGED, "full", ("messages",))
+
+
+def reconcile(run: Run) -> None:
+    """(5) on the state a full run leaves (every table in step with the source), so the figure is
+    the clean comparison; after (4) the pending hard deletes would add a row-by-row pass."""
+    b = run.bench
+    run.steps += [b.measure(RECONCILE, entity, measured.step_reconcile, legacy=b.legacy, dest=b.dest,
+                            entity=entity) for entity in ENTITY_ORDER]
+
+
+def changes(run: Run) -> None:
+    """The app keeps running: apply_changes(fraction=0.01) on the legacy world."""
+    run.sections["changes"] = run_changes(run.bench.legacy)
+    say(f"  apply_changes(fraction=0.01): {fmt_changes(run.sections['changes'])}")
+
+
+def incremental(run: Run) -> None:
+    """(4) an incremental run after those changes."""
+    run.steps += run_pipeline_round(run.bench, INCREMENTAL, "incremental")
+
+
+def partitions(run: Run) -> None:
+    """The messages full run into an emptied table with 1 partition (the direct load: one
+    stream) and with 2 key-range partitions (extracted side by side, as two mapped tasks on
+    two workers would run, then the stage copied into the empty table in one COPY)."""
+    b = run.bench
+    limit = next((r["seconds"] for r in run.steps if r["step"] == LIMIT and r["entity"] == "messages"
+                  and not r.get("error")), None)
+    out: dict[str, Any] = {"limit_seconds": limit}
+    for n in (1, 2):
+        empty_destination_messages(b.dest)
+        row = b.measure(FULL, "messages", measured.step_pipeline, legacy=b.legacy, dest=b.dest,
+                        entity="messages", dag_run_id=f"bench-{b.stamp}-partitions-{n}", mode="full",
+                        partitions=n)
+        detail = row.get("detail") or {}
+        out[str(n)] = {"seconds": row.get("seconds"), "rows": row.get("rows"),
+                       "peak_rss_mb": row.get("peak_rss_mb"),
+                       "extract_seconds": detail.get("extract_seconds"),
+                       "load_seconds": detail.get("load_seconds"), "error": row.get("error")}
+    out["note"] = partitions_note(out)
+    run.sections["partitions"] = out
+    run.notes.append(out["note"])
+
+
+def profile(run: Run) -> None:
+    """The messages full run again, into an emptied messages table, with every profiler on."""
+    if not run.profile:
+        run.sections["profile"] = {}
+        return
+    b, server = run.bench, run.server
+    empty_destination_messages(b.dest)
+    tracked = statements_available(server.base_uri)
+    if tracked:
+        set_statement_tracking(server.base_uri, True)
+    prof_path = RESULTS / f"{b.stamp}-{b.scale}.prof"
+    row = b.measure(FULL, "messages", measured.step_profile, profile_path=prof_path, legacy=b.legacy,
+                    dest=b.dest, entity="messages", dag_run_id=f"bench-{b.stamp}-profile")
+    statements: list[dict] = []
+    if tracked:
+        statements = top_statements(server.base_uri)
+        set_statement_tracking(server.base_uri, False)
+    detail = row.get("detail") or {}
+    run.sections["profile"] = {
+        "seconds": row.get("seconds"), "error": row.get("error"), "peak_rss_mb": row.get("peak_rss_mb"),
+        "load_1m": row.get("load_1m"),
+        "timings": detail.get("timings"), "chunks": detail.get("chunks"),
+        "python": python_hotspots(prof_path) if prof_path.exists() else [],
+        "profile_file": str(prof_path.relative_to(ROOT)),
+        "statements": statements if tracked else "pg_stat_statements not available on this server",
+        "chunk_plan": detail.get("chunk_plan") or [],
+        "transform_plan": measured.explain_transform(b.legacy, "messages")}
+
+
+Phase = Callable[[Run], None]
+
+# The run, in order: one line per phase. Reconciliation runs before the changes
+# of (4) (see ``reconcile``), so the table numbers steps as the report prints them.
+PHASES: tuple[tuple[str, Phase], ...] = (
+    ("limits", limits),
+    ("naive", naive),
+    ("bootstrap", bootstrap_destination),
+    ("full", full),
+    ("unchanged", unchanged),
+    ("changed", changed),
+    ("reconcile", reconcile),
+    ("changes", changes),
+    ("incremental", incremental),
+    ("hard_deletes", bench_deletes.phase),  # incremental after 1 % with 0.1 % hard deletes
+    ("partitions", partitions),
+    ("profile", profile),
+)
+
+
+def run_phases(run: Run, phases: tuple[tuple[str, Phase], ...] = PHASES) -> Run:
+    for _name, phase in phases:
+        phase(run)
+    return run
