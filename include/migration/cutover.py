@@ -11,7 +11,9 @@ Criteria (each NO-GO line names its evidence):
    policies, nothing for ``anon``, the migration schema private;
 6. the application can insert messages: ``public.messages.id`` has an
    identity (or sequence) whose next value is above every migrated id and
-   every legacy id (a quarantined message fixed later keeps its legacy id).
+   every legacy id (a quarantined message fixed later keeps its legacy id);
+7. with media in scope, Storage holds every ``public.media`` row's object and
+   nothing else, verified (``media_cutover.storage_verified``).
 
 Before the criteria, the cutover step moves that identity above those ids
 (``advance_message_ids``): from here on the application writes messages.
@@ -56,6 +58,8 @@ class Criterion:
     name: str
     ok: bool
     evidence: str
+    value: Any = None  # what was measured, where the criterion is a number against a threshold
+    threshold: Any = None
 
 
 @dataclass
@@ -200,6 +204,10 @@ def evaluate(legacy_dsn: str, dest_dsn: str, run_id: str, *, entities: list[str]
         locked_down(dest_dsn),
         message_ids(legacy_dsn, dest_dsn),
     ])
+    if "media" in names:  # the files as well as the rows (media_cutover.py)
+        from include.migration.media_cutover import storage_verified
+
+        verdict.criteria.append(storage_verified(dest_dsn, run_id))
     verdict.report_path = str(write_report(verdict, run_id))
     for line in verdict.lines():
         log.info("cutover: %s", line)

@@ -362,8 +362,16 @@ def before_merge(conns: Conns, dest: psycopg.Connection, entity: Entity, run: ru
     )
     tally = UploadTally(files, total)
     recorder = UploadRecorder(dest, run.run_id)
+    # -- storage.objects: unchanged objects skipped without a request, versions proven (media_catalog.py)
+    from include.migration import media_catalog
+
+    trusted = media_catalog.skip_unchanged(dest, stage, run.run_id, settings.bucket)
+    tally.outcomes["skipped_identical"] += trusted
+    tally.done += trusted
+    # --
     upload_all(conns, stage, client, source, settings, tally, recorder)
     recorder.flush()
+    media_catalog.record_proofs(dest, stage, run.run_id, settings.bucket)
     runs.update(dest, run.run_id, counts={"files": tally.as_dict()})
     dest.commit()
     log.info("media: uploads done: %s", tally.line())

@@ -84,6 +84,15 @@ def reconcile_storage(
     from include.migration.media import storage_client  # media imports this module: resolved late
     from include.supabase.storage import list_objects
 
+    # -- Where the destination has Storage's catalog, storage.objects by key range (media_catalog.py)
+    from include.migration import media_catalog
+
+    if media_catalog.readable(dest_dsn):
+        sample = None if settings.verify_all_objects else RECONCILE_SAMPLE
+        return media_catalog.reconcile_storage(
+            dest_dsn, settings, run_id=run_id, client=client, sample_size=sample
+        )
+    # -- else the HTTP listing of the whole bucket
     started = time.perf_counter()
     with db.connection(dest_dsn, application="migration-reconcile-media") as conn:
         rows = conn.execute(

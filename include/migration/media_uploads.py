@@ -232,9 +232,13 @@ def upload_all(
     ):
         cur.execute(
             sql.SQL(
-                "SELECT object_path, mime_type, size_bytes, sha256, storage_key FROM {} "
-                "WHERE _disposition = 'loaded' ORDER BY id"
-            ).format(stage)
+                "SELECT object_path, mime_type, size_bytes, sha256, storage_key FROM {} s "
+                "WHERE _disposition = 'loaded' "
+                # skipped already by storage.objects (media_catalog.skip_unchanged): no request for them
+                "AND NOT EXISTS (SELECT 1 FROM migration.media_uploads u WHERE u.run_id = %s "
+                "AND u.object_path = s.object_path AND u.outcome = 'skipped_identical') ORDER BY id"
+            ).format(stage),
+            (recorder.run_id,),
         )
         for result in uploader.upload_many(_items(cur, source, inflight)):
             item = inflight.pop(result.object_path)

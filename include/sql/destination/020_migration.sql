@@ -174,3 +174,25 @@ CREATE TABLE IF NOT EXISTS migration.assessments (
     report_path    text
 );
 REVOKE ALL ON TABLE migration.assessments FROM PUBLIC;
+
+-- What the media migration proved about an object in Storage: when its
+-- storage.objects row showed this id, version, eTag and updated_at, the
+-- object's bytes (downloaded and hashed) had this SHA-256. A later run trusts
+-- an object whose storage.objects row still shows the same version without
+-- asking Storage (include/migration/media_catalog.py); any overwrite changes
+-- the version, so the proof no longer applies.
+CREATE TABLE IF NOT EXISTS migration.media_object_proofs (
+    bucket             text NOT NULL,
+    object_path        text NOT NULL,
+    sha256             text NOT NULL,
+    size_bytes         bigint NOT NULL,
+    mime_type          text,
+    object_id          uuid,
+    version            text,
+    etag               text,
+    object_updated_at  timestamptz,
+    run_id             text NOT NULL,
+    proven_at          timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (bucket, object_path)
+);
+REVOKE ALL ON TABLE migration.media_object_proofs FROM PUBLIC;

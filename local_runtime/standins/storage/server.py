@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from local_runtime.standins.base import StandInServer, server_arguments
+from local_runtime.standins.storage.catalog import ObjectsCatalog
 from local_runtime.standins.storage.handler import _Handler
 from local_runtime.standins.storage.rules import API_PREFIX, DEFAULT_GLOBAL_FILE_SIZE_LIMIT, KeyRules
 from local_runtime.standins.storage.store import _Store
@@ -42,11 +43,15 @@ class StorageStandIn(StandInServer):
         standard_upload_limit: int | None = None,
         key_rules: KeyRules = "strict",
         verbose: bool = False,
+        catalog_dsn: str | None = None,
     ) -> None:
         self.global_file_size_limit = global_file_size_limit
         self.standard_upload_limit = standard_upload_limit
         self.key_rules: KeyRules = key_rules
         self.store = _Store(Path(data_dir))  # before the socket: a bad folder binds no port
+        if catalog_dsn:  # keep storage.objects in that database, as the real server does
+            self.store.catalog = ObjectsCatalog(catalog_dsn)
+            self.store.catalog.sync(self.store.buckets, self.store.objects)
         super().__init__(_Handler, jwt_secret, host=host, port=port, verbose=verbose)
 
     def default_fault_body(self, status: int | None) -> dict[str, Any]:
@@ -56,6 +61,12 @@ class StorageStandIn(StandInServer):
             "error": "InternalError",
             "message": "Injected fault (storage stand-in)",
         }
+
+
+    def stop(self) -> None:
+        super().stop()
+        if self.store.catalog is not None:
+            self.store.catalog.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
         help="largest object accepted, in bytes (default: 50 MB)",
     )
     parser.add_argument("--key-rules", choices=["strict", "utf8"], default="strict")
+    parser.add_argument(
+        "--catalog-dsn", help="database in which to keep storage.objects / storage.buckets (the destination)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     standin = StorageStandIn(
@@ -78,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         global_file_size_limit=args.global_limit,
         key_rules=args.key_rules,
         verbose=args.verbose,
+        catalog_dsn=args.catalog_dsn,
     )
     log.info("storage stand-in listening on %s%s (data in %s)", standin.url, API_PREFIX, args.data)
     standin.serve_until_signal()

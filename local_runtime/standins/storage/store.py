@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from local_runtime.standins.storage.catalog import ObjectsCatalog
 
 
 def _now_iso() -> str:
@@ -53,6 +56,10 @@ class _Store:
     record is replaced atomically, so a crash leaves the old or the new object,
     never a mix. One lock guards every read-modify-write of the index.
     """
+
+    # storage.objects / storage.buckets in the destination database, when the
+    # stand-in was given one (see catalog.py); written under the lock.
+    catalog: ObjectsCatalog | None = None
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -109,6 +116,8 @@ class _Store:
 
     def save_buckets(self) -> None:
         self._write_json(self.root / "buckets.json", self.buckets)
+        if self.catalog is not None:
+            self.catalog.put_buckets(self.buckets.values())
 
     def write_blob(self, data: bytes) -> _Blob:
         path = self.incoming_path()
@@ -158,6 +167,8 @@ class _Store:
         }
         self._write_json(self.record_path(bucket_id, key), record)
         self.objects[bucket_id][key] = record
+        if self.catalog is not None:
+            self.catalog.put_object(record)
         if old:
             self.blob_path(bucket_id, key, old["version"]).unlink(missing_ok=True)
         return record
@@ -166,6 +177,8 @@ class _Store:
         record = self.objects.get(bucket_id, {}).pop(key, None)
         if record is None:
             return None
+        if self.catalog is not None:
+            self.catalog.drop_object(bucket_id, key)
         self.record_path(bucket_id, key).unlink(missing_ok=True)
         self.blob_path(bucket_id, key, record["version"]).unlink(missing_ok=True)
         return record
