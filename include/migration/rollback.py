@@ -3,8 +3,10 @@
 Undoes a run's changes from its before-images in ``migration.before_images``,
 newest first, in one transaction: inserted keys are deleted, updated and
 deleted rows are written back. Watermarks return to where they stood before
-the earliest rolled-back run, and the media objects those runs uploaded are
-removed. Then it proves the result: each affected table's fingerprint (row
+the earliest rolled-back run, the media objects those runs uploaded are
+removed, and the ones their cleanup removed are put back when their rows come
+back (``media_restore.py``), or the rollback is refused, saying which and why.
+Then it proves the result: each affected table's fingerprint (row
 count and checksum) must equal the one recorded when the last run before
 them finished (or an empty table, when there was none).
 
@@ -38,6 +40,7 @@ class RollbackResult:
     restored: dict[str, int] = field(default_factory=dict)  # table -> rows touched
     verdicts: dict[str, str] = field(default_factory=dict)  # entity -> 'matches' / reason
     removed_objects: list[str] = field(default_factory=list)
+    restored_objects: list[str] = field(default_factory=list)
 
     @property
     def proven(self) -> bool:
@@ -68,10 +71,11 @@ def select_runs(conn, run_id: str, since: bool) -> list[tuple[str, str, Any]]:
 
 
 def rollback(dest_dsn: str, run_id: str, *, since: bool = False, storage_remover=None,
-             lock_wait_seconds: float = 60.0) -> RollbackResult:
+             storage_restorer=None, lock_wait_seconds: float = 60.0) -> RollbackResult:
     """Undo ``run_id`` (with ``since``: it and every later run), under the write locks of
     the entities it touches. ``lock_wait_seconds``: how long to wait for a lock a load
-    holds before refusing, as a load waits for another (0: refuse at once)."""
+    holds before refusing, as a load waits for another (0: refuse at once). ``storage_restorer``
+    puts back the media objects these runs' cleanup removed (``media_restore.restorer``)."""
     with db.connection(dest_dsn, application="migration-rollback") as conn, ExitStack() as locks:
         entities = sorted({r[1] for r in select_runs(conn, run_id, since)}, key=_lock_order)
         conn.commit()
@@ -97,7 +101,9 @@ def rollback(dest_dsn: str, run_id: str, *, since: bool = False, storage_remover
         for label, op, image, keys in rows:
             result.restored[label] = result.restored.get(label, 0) + images.restore(conn, label, op, image, keys)
         _restore_watermarks(conn, selected)
-        objects = _uploaded_objects(conn, ids)
+        result.restored_objects = _restore_removed_objects(conn, ids, run_id, storage_restorer)
+        restored = set(result.restored_objects)
+        objects = [o for o in _uploaded_objects(conn, ids) if o not in restored]
         conn.execute("UPDATE migration.runs SET status = 'rolled_back' WHERE run_id = ANY(%s)", (ids,))
         conn.commit()
         if objects and storage_remover is not None:
@@ -134,6 +140,33 @@ def _restore_watermarks(conn, selected: list[tuple[str, str, Any]]) -> None:
             conn.execute("UPDATE migration.watermarks SET change_ts = %s, last_key = %s, run_id = %s, "
                          "updated_at = now() WHERE entity = %s",
                          (before.get("change_ts"), before.get("last_key"), f"rollback of {rid}", entity))
+
+
+def _restore_removed_objects(conn, ids: list[str], run_id: str, storage_restorer) -> list[str]:
+    """Objects these runs' cleanup removed whose rows are back: restored, else the rollback is refused."""
+    from include.migration.media_restore import objects_to_restore, record_restored
+
+    removed = objects_to_restore(conn, ids)
+    if not removed:
+        return []
+    first = ", ".join(o.object_path for o in removed[:3])
+    if storage_restorer is None:
+        conn.rollback()
+        raise RollbackRefused(
+            f"rollback of {run_id} refused, nothing changed: the runs' cleanup removed {len(removed)} media "
+            f"objects from Storage whose rows the rollback would bring back (first: {first}), and no restorer "
+            "was given to put them back from the legacy media root")
+    outcome = storage_restorer(removed)
+    if outcome.problems:
+        conn.rollback()
+        lines = "; ".join(f"{path}: {why}" for path, why in sorted(outcome.problems.items())[:5])
+        raise RollbackRefused(
+            f"rollback of {run_id} refused, nothing changed: {len(outcome.problems)} of the {len(removed)} media "
+            f"objects the runs' cleanup removed cannot be put back in Storage, and their rows would come back "
+            f"without them: {lines}")
+    record_restored(conn, f"rollback of {run_id}", outcome.restored, removed)
+    log.info("rollback: %d media objects removed by the rolled-back runs put back in Storage", len(outcome.restored))
+    return outcome.restored
 
 
 def _uploaded_objects(conn, ids: list[str]) -> list[str]:

@@ -27,14 +27,18 @@ def rollback_task(run_id: str, since: bool) -> dict[str, Any]:
     from include.migration.rollback import RollbackRefused, rollback
 
     try:
-        result = rollback(db.dsn_for(db.DEST_CONN_ID), run_id, since=since, storage_remover=storage_remover())
+        from include.migration.media_restore import restorer  # objects a rolled-back cleanup removed
+
+        result = rollback(db.dsn_for(db.DEST_CONN_ID), run_id, since=since, storage_remover=storage_remover(),
+                          storage_restorer=restorer())
     except RollbackRefused as exc:
         raise AirflowFailException(str(exc)) from None
     if not result.proven:
         raise AirflowFailException(
             "rollback applied, but the destination does not match the earlier state: "
             + "; ".join(f"{e}: {v}" for e, v in result.verdicts.items() if v != "matches"))
-    return {"rolled_back": result.run_ids, "restored": result.restored, "objects_removed": len(result.removed_objects)}
+    return {"rolled_back": result.run_ids, "restored": result.restored, "objects_removed": len(result.removed_objects),
+            "objects_restored": len(result.restored_objects)}
 
 
 def cutover_task(run_id: str) -> dict[str, Any]:

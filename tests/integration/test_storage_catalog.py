@@ -189,3 +189,57 @@ def test_the_cutover_verdict_checks_storage(cw: MediaWorld):
     assert not storage.ok and not verdict.go
     assert storage.value == 2  # the row's object missing, and so never verified at a current version
     assert "1 missing" in storage.evidence and path in storage.evidence
+
+
+def _quarantine_one_and_rerun(cw: MediaWorld, label: str) -> tuple[str, str, bytes]:
+    """A legacy row turns into a type the bucket refuses; a full run quarantines it, deletes its destination
+    row and removes its object. Returns (media id, object path, the object's bytes)."""
+    media_id, path, key = cw.q(
+        "SELECT m.id::text, m.object_path, NULL FROM public.media m WHERE m.mime_type = 'application/pdf' "
+        "ORDER BY 1 LIMIT 1"
+    )[0]
+    key = cw.q("SELECT storage_key FROM media_assets WHERE id = %s", media_id, db="legacy")[0][0]
+    with psycopg.connect(cw.conns.legacy, autocommit=True) as conn:
+        conn.execute("UPDATE media_assets SET mime_type = 'text/html' WHERE id = %s", (media_id,))
+    run_media(cw, label)
+    assert cw.uploads(f"media:{label}")["removed"] == 1
+    assert cw.q("SELECT count(*) FROM public.media WHERE id = %s", media_id) == [(0,)]
+    assert path not in objects(cw)
+    return media_id, path, cw.file(key)
+
+
+def test_rollback_puts_back_the_objects_a_later_cleanup_removed(cw: MediaWorld):
+    from include.migration.media_restore import restorer
+    from include.migration.rollback import rollback
+
+    run_media(cw, "first")
+    media_id, path, data = _quarantine_one_and_rerun(cw, "second")
+    result = rollback(cw.conns.dest, "media:second", storage_remover=media.remove_from_storage,
+                      storage_restorer=restorer(cw.conns.legacy))
+    assert result.proven, result.verdicts
+    assert result.restored_objects == [path]
+    assert cw.client().storage.from_("media").download(path) == data
+    assert media.reconcile_storage(cw.conns.dest, media.MediaSettings(verify_all_objects=True)).clean
+
+
+def test_rollback_refuses_when_a_removed_object_cannot_be_put_back(cw: MediaWorld):
+    from include.migration.media_restore import restorer
+    from include.migration.rollback import RollbackRefused, rollback
+
+    run_media(cw, "first")
+    media_id, path, _ = _quarantine_one_and_rerun(cw, "second")
+    rows = cw.q("SELECT count(*) FROM public.media")
+    # Without a restorer, and with one whose legacy file is gone: refused, saying which object and why.
+    with pytest.raises(RollbackRefused, match="no restorer was given") as refused:
+        rollback(cw.conns.dest, "media:second", storage_remover=media.remove_from_storage)
+    assert path in str(refused.value)
+    key = cw.q("SELECT storage_key FROM media_assets WHERE id = %s", media_id, db="legacy")[0][0]
+    (cw.media_root / key).unlink()
+    with pytest.raises(RollbackRefused, match="cannot be put back") as refused:
+        rollback(cw.conns.dest, "media:second", storage_remover=media.remove_from_storage,
+                 storage_restorer=restorer(cw.conns.legacy))
+    assert f"{path}: no legacy file at {key!r}" in str(refused.value)
+    # Nothing changed: the rows, the run's status, Storage.
+    assert cw.q("SELECT count(*) FROM public.media") == rows
+    assert cw.q("SELECT status FROM migration.runs WHERE run_id = 'media:second'") != [("rolled_back",)]
+    assert path not in objects(cw)
