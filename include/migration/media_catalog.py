@@ -57,10 +57,12 @@ class _Sample:
 
     def offer(self, item: tuple[str, int, str]) -> None:
         self.seen += 1
+        if self.size == 0:
+            return
         if self.size is None or len(self.items) < self.size:
             self.items.append(item)
             return
-        slot = self.rng.randrange(self.seen)
+        slot = int(self.rng.random() * self.seen)  # randrange's exactness costs 3x here, per row
         if slot < self.size:
             self.items[slot] = item
 
