@@ -201,8 +201,12 @@ def _standin_secret() -> str:
     return STANDIN_SECRET.read_text().strip()
 
 
-def start_standin() -> dict[str, str]:
-    """Start the Storage stand-in; returns its URL and service-role key."""
+def start_standin(catalog_dsn: str | None = None) -> dict[str, str]:
+    """Start the Storage stand-in; returns its URL and service-role key.
+
+    With ``catalog_dsn`` (the destination) it keeps ``storage.objects`` there, as
+    Supabase does, so the media checks read it instead of listing the bucket.
+    """
     from local_runtime.standins.storage import make_jwt
 
     local_airflow.stop_recorded(STATE, STANDIN)
@@ -211,6 +215,8 @@ def start_standin() -> dict[str, str]:
     STORAGE.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "local_runtime.standins.storage", "--host", "127.0.0.1",
             "--port", str(port), "--data", str(STORAGE), "--jwt-secret", secret]
+    if catalog_dsn:
+        args += ["--catalog-dsn", catalog_dsn]
     local_airflow.spawn(STANDIN, args, state_dir=STATE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     _wait_listening(port, STANDIN, STATE / "logs" / f"{STANDIN}.log")
     url = f"http://127.0.0.1:{port}"
@@ -507,7 +513,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     say("== 3. destination")
     bootstrap_destination(dbs)
     say("== 4. Storage")
-    standin = None if os.environ.get("AIRFLOW_CONN_SUPABASE_API") else start_standin()
+    # storage.objects in the embedded destination only: never stand-in tables (or a DSN with its
+    # password on a command line) for a database of yours
+    catalog = dbs.supabase if "supabase" in dbs.embedded else None
+    standin = None if os.environ.get("AIRFLOW_CONN_SUPABASE_API") else start_standin(catalog)
     say("== 5. Airflow")
     airflow_started = time.monotonic()
     client = start_airflow(dbs, standin)
