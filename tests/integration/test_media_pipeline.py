@@ -156,25 +156,33 @@ def whole(base: Base, pg_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def mw(base: Base, pg_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The same, with the legacy media trimmed to the planted rows and a sample."""
     for world in _media_world(base, pg_uri, tmp_path, monkeypatch):
-        planted = world.report.planted
-        keep = {k for kind in KEEP_ALL for k in planted[kind]}
-        keep |= {k for kind, keys in planted.items() if kind.startswith("media.") for k in sorted(keys)[:20]}
-        with psycopg.connect(world.conns.legacy, autocommit=True) as conn:
-            conn.execute(
-                "DELETE FROM media_assets WHERE NOT (id = ANY(%s::uuid[])) AND id NOT IN "
-                "(SELECT id FROM media_assets ORDER BY id LIMIT 200)",
-                (sorted(keep),),
-            )
-        yield world
+        yield trimmed(world)
 
 
-def _media_world(base: Base, pg_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def trimmed(world: MediaWorld) -> MediaWorld:
+    """The legacy media cut to the planted rows that quarantine, 20 of each other kind and 200 more."""
+    planted = world.report.planted
+    keep = {k for kind in KEEP_ALL for k in planted[kind]}
+    keep |= {k for kind, keys in planted.items() if kind.startswith("media.") for k in sorted(keys)[:20]}
+    with psycopg.connect(world.conns.legacy, autocommit=True) as conn:
+        conn.execute(
+            "DELETE FROM media_assets WHERE NOT (id = ANY(%s::uuid[])) AND id NOT IN "
+            "(SELECT id FROM media_assets ORDER BY id LIMIT 200)",
+            (sorted(keep),),
+        )
+    return world
+
+
+def _media_world(
+    base: Base, pg_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, catalog: bool = False
+):
+    """``catalog``: the stand-in keeps storage.objects in the destination, as Supabase does."""
     tag = uuid.uuid4().hex[:8]
     names = (f"m_legacy_{tag}", f"m_dest_{tag}")
     legacy, dest = _clone(pg_uri, base.legacy, names[0]), _clone(pg_uri, base.dest, names[1])
     root = tmp_path / "media"
     shutil.copytree(base.media_root, root)
-    standin = StorageStandIn(tmp_path / "storage", SECRET).start()
+    standin = StorageStandIn(tmp_path / "storage", SECRET, catalog_dsn=dest if catalog else None).start()
     monkeypatch.setenv(
         "AIRFLOW_CONN_SUPABASE_API",
         json.dumps({"conn_type": "http", "host": standin.url, "password": standin.service_key}),

@@ -8,26 +8,22 @@ Storage stand-in that keeps ``storage.objects`` in the destination database.
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from include.migration import media, media_catalog, pipeline
+from include.migration import media, media_catalog
 from include.migration.cutover import evaluate
 from local_runtime.standins.storage import StorageStandIn
-from tests.conftest import drop_database
 from tests.integration.test_media_pipeline import (  # noqa: F401 - the module's seeded world, as a fixture
-    KEEP_ALL,
     SECRET,
     MediaWorld,
-    _clone,
+    _media_world,
     base,
     run_media,
+    trimmed,
 )
 
 pytestmark = pytest.mark.integration
@@ -36,36 +32,8 @@ OBJECT_REQUESTS = r"^/(object|upload)/"  # every per-object route: info, downloa
 
 
 def _world(base, pg_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, catalog: bool):
-    tag = uuid.uuid4().hex[:8]
-    names = (f"c_legacy_{tag}", f"c_dest_{tag}")
-    legacy, dest = _clone(pg_uri, base.legacy, names[0]), _clone(pg_uri, base.dest, names[1])
-    root = tmp_path / "media"
-    shutil.copytree(base.media_root, root)
-    standin = StorageStandIn(tmp_path / "storage", SECRET, catalog_dsn=dest if catalog else None).start()
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_SUPABASE_API",
-        json.dumps({"conn_type": "http", "host": standin.url, "password": standin.service_key}),
-    )
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_LEGACY_MEDIA", json.dumps({"conn_type": "fs", "extra": {"path": str(root)}})
-    )
-    monkeypatch.setenv("MIGRATION_STATE_DIR", str(tmp_path / "reports"))
-    world = MediaWorld(pipeline.Conns(legacy, dest), base.report, root, standin)
-    planted = world.report.planted
-    keep = {k for kind in KEEP_ALL for k in planted[kind]}
-    keep |= {k for kind, keys in planted.items() if kind.startswith("media.") for k in sorted(keys)[:20]}
-    with psycopg.connect(legacy, autocommit=True) as conn:
-        conn.execute(
-            "DELETE FROM media_assets WHERE NOT (id = ANY(%s::uuid[])) AND id NOT IN "
-            "(SELECT id FROM media_assets ORDER BY id LIMIT 200)",
-            (sorted(keep),),
-        )
-    try:
-        yield world
-    finally:
-        standin.stop()
-        for name in names:
-            drop_database(pg_uri, name)
+    for world in _media_world(base, pg_uri, tmp_path, monkeypatch, catalog=catalog):
+        yield trimmed(world)
 
 
 @pytest.fixture
