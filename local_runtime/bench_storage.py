@@ -19,7 +19,8 @@ API listing the reconciliation used before, over the ``real`` objects only
 (extrapolated linearly to ``objects``; the real server measured 357 s for
 4,917 objects). Target: comparison plus sample under 60 s at 1 M objects.
 
-``make bench`` calls :func:`step_storage_reconcile`; on its own::
+``make bench`` runs :func:`step_storage_reconcile` as its ``storage`` phase (20 k objects at
+SCALE=small, 200 k at medium, 1 M at large); on its own::
 
     python -m local_runtime.bench_storage --objects 20000 [--pg-uri postgresql://...]
 """
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     base = args.pg_uri
     if not base:
         from local_runtime import postgres as local_pg
-        from local_runtime.bench import _free_port
+        from local_runtime.bench.server import _free_port
 
         embedded = Path(tempfile.mkdtemp(prefix="bench-storage-pg-")) / "pg"
         base = local_pg.start(embedded, _free_port(), fast=True)

@@ -243,6 +243,24 @@ def profile(run: Run) -> None:
         "transform_plan": measured.explain_transform(b.legacy, "messages")}
 
 
+# Objects in storage.objects for the Storage reconciliation step, per scale (the target is at 1 M).
+STORAGE_OBJECTS = {"small": 20_000, "medium": 200_000, "large": 1_000_000}
+
+
+def storage(run: Run) -> None:
+    """The media Storage reconciliation through storage.objects (``local_runtime/bench_storage.py``),
+    in a database of its own on the same server; its figures are a report section."""
+    from local_runtime import bench_storage
+
+    b = run.bench
+    objects = STORAGE_OBJECTS.get(b.scale, STORAGE_OBJECTS["small"])
+    figures = bench_storage.step_storage_reconcile(b.base_uri, objects)
+    run.sections["storage_reconcile"] = figures
+    run.notes.extend(bench_storage.report_lines(figures))
+    for line in bench_storage.report_lines(figures):
+        say(f"  {line}")
+
+
 Phase = Callable[[Run], None]
 
 # The run, in order: one line per phase. Reconciliation runs before the changes
@@ -259,6 +277,7 @@ PHASES: tuple[tuple[str, Phase], ...] = (
     ("incremental", incremental),
     ("hard_deletes", bench_deletes.phase),  # incremental after 1 % with 0.1 % hard deletes
     ("partitions", partitions),
+    ("storage", storage),
     ("profile", profile),
 )
 
