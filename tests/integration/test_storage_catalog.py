@@ -9,10 +9,12 @@ Storage stand-in that keeps ``storage.objects`` in the destination database.
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from include.migration import media, media_catalog
 from include.migration.cutover import evaluate
@@ -211,3 +213,24 @@ def test_rollback_refuses_when_a_removed_object_cannot_be_put_back(cw: MediaWorl
     assert cw.q("SELECT count(*) FROM public.media") == rows
     assert cw.q("SELECT status FROM migration.runs WHERE run_id = 'media:second'") != [("rolled_back",)]
     assert path not in objects(cw)
+
+
+def test_a_role_that_row_level_security_filters_falls_back_to_the_listing(cw: MediaWorld):
+    from include.supabase import storage_catalog
+
+    run_media(cw, "rls")
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(cw.conns.dest, autocommit=True) as conn:
+        assert storage_catalog.readable(conn)
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA storage TO {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT SELECT ON storage.objects TO {}").format(sql.Identifier(role)))
+        try:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            # RLS on, no policy: this role would see no object at all, so the catalog is not used.
+            assert conn.execute("SELECT count(*) FROM storage.objects").fetchone()[0] == 0
+            assert not storage_catalog.readable(conn)
+        finally:
+            conn.execute("RESET ROLE")
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
