@@ -114,7 +114,8 @@ def step_storage_reconcile(base_uri: str, objects: int, *, real: int = 200, data
     """Build the world on server ``base_uri`` (database ``bench_storage``), measure, return the figures."""
     from include.migration import media_catalog
     from include.migration.bootstrap import bootstrap
-    from include.migration.media import RECONCILE_SAMPLE, MediaSettings, StorageReconciliation, _hash_objects
+    from include.migration.media import MediaSettings
+    from include.migration.media_reconcile import RECONCILE_SAMPLE, StorageReconciliation, _hash_objects
     from include.supabase.storage import ensure_bucket, list_objects
     from local_runtime.standins.storage import StorageStandIn
 

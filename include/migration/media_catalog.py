@@ -71,7 +71,7 @@ def compare_catalog(
     conn: psycopg.Connection, settings: MediaSettings, result: StorageReconciliation, sample: _Sample
 ) -> int:
     """Every row and object, range by range, into ``result``; returns the number of key ranges read."""
-    from include.supabase.storage import object_path
+    from include.migration.media_source import object_path
 
     ranges = storage_catalog.media_ranges(conn)
     for lo, hi in ranges:
