@@ -255,13 +255,31 @@ class StandInHandler(BaseHTTPRequestHandler):
         time.sleep(fault.delay)
         return fault if fault.status is not None else None
 
+    # A request is logged before its answer goes out: a client that counts the log
+    # right after its response must see its own request there.
+    _pending_log: tuple[str, str] | None = None
+
+    def expect_answer(self, method: str, path: str) -> None:
+        """Name the request being handled; it is logged when its answer is sent."""
+        self._pending_log = (method, path)
+
     def log_request_answered(self, method: str, path: str, status: int) -> None:
-        self.standin.requests.append(RequestRecord(method, path, status))
+        """Log a request no answer was sent for (or one never named by ``expect_answer``)."""
+        if self._pending_log is not None or status == 0:
+            self._pending_log = None
+            self.standin.requests.append(RequestRecord(method, path, status))
+
+    def _log_before_answer(self, status: int) -> None:
+        if self._pending_log is not None:
+            method, path = self._pending_log
+            self._pending_log = None
+            self.standin.requests.append(RequestRecord(method, path, status))
 
     def _send_bytes(self, status: int, body: bytes, content_type: str,
                     headers: dict[str, str] | None = None) -> int:
         """Send a whole response; no body (nor length) for HEAD and 204, as the real servers."""
         self._status = status
+        self._log_before_answer(status)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         if status != 204:

@@ -56,6 +56,7 @@ class _Handler(StandInHandler):
         request = _Request(method, path, parse_qs(query, keep_blank_values=True), headers, body)
         request.api_version = _api_version(headers.get(API_VERSION_HEADER.lower(), ""))
         status = 0
+        self.expect_answer(method, path)
         try:
             status = self._answer(request, raw_path)
         except (BrokenPipeError, ConnectionResetError):

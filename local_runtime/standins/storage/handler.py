@@ -81,6 +81,7 @@ class _Handler(TusRoutes, StandInHandler):
         self._status = 0
         self._is_tus = False
         request = self._read_request(method)
+        self.expect_answer(method, request.path)
         try:
             self._route(request)
         except (BrokenPipeError, ConnectionResetError):
