@@ -33,6 +33,7 @@ from local_runtime.bench.report import (
     INCREMENTAL,
     LIMIT,
     NAIVE,
+    NAIVE_EXECUTEMANY,
     RECONCILE,
     UNCHANGED,
     _fmt_num,
@@ -78,9 +79,10 @@ def run_limits(b: Bench) -> list[dict]:
     return rows
 
 
-def run_naive(b: Bench, limit_rows: int) -> dict:
-    scratch_table(b.legacy, b.dest, "bench_naive", "messages")
-    row = b.measure(NAIVE, "messages", measured.step_naive, legacy=b.legacy, dest=b.dest, entity="messages",
+def run_naive(b: Bench, limit_rows: int, kind: str = NAIVE,
+              step: Callable[..., dict] = measured.step_naive) -> dict:
+    scratch_table(b.legacy, b.dest, "bench_naive", "messages")  # empty: each baseline inserts every row
+    row = b.measure(kind, "messages", step, legacy=b.legacy, dest=b.dest, entity="messages",
                     limit_rows=limit_rows)
     drop_scratch(b.dest, "bench_naive")
     return row
@@ -144,8 +146,13 @@ def limits(run: Run) -> None:
 
 
 def naive(run: Run) -> None:
-    """The plan's first idea, on a slice of the messages."""
+    """The plan's approach as written (psycopg2, execute_values), on a slice of the messages."""
     run.steps.append(run_naive(run.bench, run.naive_rows))
+
+
+def naive_executemany(run: Run) -> None:
+    """The same upserts through psycopg 3's pipelined executemany: a second baseline."""
+    run.steps.append(run_naive(run.bench, run.naive_rows, NAIVE_EXECUTEMANY, measured.step_naive_executemany))
 
 
 def bootstrap_destination(run: Run) -> None:
@@ -249,6 +256,7 @@ Phase = Callable[[Run], None]
 PHASES: tuple[tuple[str, Phase], ...] = (
     ("limits", limits),
     ("naive", naive),
+    ("naive_executemany", naive_executemany),
     ("bootstrap", bootstrap_destination),
     ("full", full),
     ("unchanged", unchanged),
