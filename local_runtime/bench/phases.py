@@ -31,12 +31,15 @@ from local_runtime.bench.report import (
     ENTITY_ORDER,
     FULL,
     INCREMENTAL,
+    INCREMENTAL_LARGE,
+    INCREMENTAL_SMALL,
     LIMIT,
     NAIVE,
     NAIVE_EXECUTEMANY,
     RECONCILE,
     UNCHANGED,
     _fmt_num,
+    step_label,
 )
 from local_runtime.bench.server import (
     RESULTS,
@@ -105,10 +108,10 @@ def edit_messages(legacy: str) -> int:
     return n
 
 
-def run_changes(legacy: str) -> dict[str, int]:
+def run_changes(legacy: str, fraction: float = 0.01, seed: int = 7) -> dict[str, int]:
     from local_runtime.world import apply_changes
 
-    report = apply_changes(legacy, seed=7, fraction=0.01)
+    report = apply_changes(legacy, seed=seed, fraction=fraction)
     with psycopg.connect(legacy, autocommit=True) as conn:
         conn.execute("ANALYZE")
     return {kind: len(keys) for kind, keys in report.changes.items()}
@@ -197,6 +200,25 @@ def incremental(run: Run) -> None:
     run.steps += run_pipeline_round(run.bench, INCREMENTAL, "incremental")
 
 
+def incremental_after(run: Run, kind: str, fraction: float, seed: int) -> None:
+    """apply_changes(fraction) on the legacy world, then an incremental run of every entity."""
+    changed = run_changes(run.bench.legacy, fraction, seed)
+    run.sections[f"changes_{kind}"] = changed
+    run.notes.append(f"{step_label(kind)}: after apply_changes(fraction={fraction}): {fmt_changes(changed)}")
+    say(f"  apply_changes(fraction={fraction}): {fmt_changes(changed)}")
+    run.steps += run_pipeline_round(run.bench, kind, "incremental")
+
+
+def incremental_small(run: Run) -> None:
+    """(4a) a nightly sync after a change a tenth the size of (4)'s."""
+    incremental_after(run, INCREMENTAL_SMALL, 0.001, seed=8)
+
+
+def incremental_large(run: Run) -> None:
+    """(4b) a nightly sync after a change ten times the size of (4)'s."""
+    incremental_after(run, INCREMENTAL_LARGE, 0.1, seed=9)
+
+
 def partitions(run: Run) -> None:
     """The messages full run into an emptied table with 1 partition (the direct load: one
     stream) and with 2 key-range partitions (extracted side by side, as two mapped tasks on
@@ -264,6 +286,8 @@ PHASES: tuple[tuple[str, Phase], ...] = (
     ("reconcile", reconcile),
     ("changes", changes),
     ("incremental", incremental),
+    ("incremental_small", incremental_small),
+    ("incremental_large", incremental_large),
     ("partitions", partitions),
     ("profile", profile),
 )

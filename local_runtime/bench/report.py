@@ -23,6 +23,8 @@ MB = 1_000_000
 LIMIT, NAIVE, NAIVE_EXECUTEMANY = "limit", "naive", "naive_psycopg3_executemany"
 FULL, UNCHANGED, CHANGED, INCREMENTAL, RECONCILE = (
     "full", "full_unchanged", "full_changed_10pct", "incremental_1pct", "reconcile")
+# Incremental runs after smaller and larger changes than (4)'s: their time should follow the change.
+INCREMENTAL_SMALL, INCREMENTAL_LARGE = "incremental_0.1pct", "incremental_10pct"
 STEP_LABELS = {
     LIMIT: "limit: binary COPY",
     NAIVE: "naive: plan's execute_values",
@@ -31,6 +33,8 @@ STEP_LABELS = {
     UNCHANGED: "(2) full, nothing changed",
     CHANGED: "(3) full, 10% messages edited",
     INCREMENTAL: "(4) incremental after 1%",
+    INCREMENTAL_SMALL: "(4a) incremental after 0.1%",
+    INCREMENTAL_LARGE: "(4b) incremental after 10%",
     RECONCILE: "(5) reconciliation",
 }
 
@@ -122,6 +126,7 @@ TARGETS = (
     Target("unchanged_written", "full run, nothing changed: rows written (all)", "==", 0, "rows"),
     Target("changed_vs_limit", "full run, 10% edited, messages / limit", "<=", 2.0, "x"),
     Target("incremental_vs_full", "incremental after 1%, messages / full run", "<=", 0.1, "x"),
+    Target("incremental_small_vs_full", "incremental after 0.1%, messages / full run", "<=", 0.03, "x"),
     Target("reconcile_vs_limit", "reconciliation, messages / limit", "<=", 1.0, "x"),
     Target("pipeline_vs_naive", "pipeline rows/s / the plan's approach (messages)", ">=", 6.0, "x"),
     Target("peak_rss", "peak RSS of any pipeline step", "<", RSS_LIMIT_MB, "MB"),
@@ -161,6 +166,7 @@ def target_values(steps: list[dict]) -> dict[str, float | None]:
         "unchanged_written": written,
         "changed_vs_limit": _x(steps, CHANGED),
         "incremental_vs_full": ratio(_seconds(steps, INCREMENTAL), _seconds(steps, FULL)),
+        "incremental_small_vs_full": ratio(_seconds(steps, INCREMENTAL_SMALL), _seconds(steps, FULL)),
         "reconcile_vs_limit": _x(steps, RECONCILE),
         "pipeline_vs_naive": baseline_ratios(steps)[NAIVE],
         "peak_rss": max(rss) if rss else None,
@@ -330,7 +336,7 @@ def _step_line(r: dict) -> str:
 def breakdown_lines(steps: list[dict], entity: str = "messages") -> list[str]:
     """Each pipeline run of ``entity`` split by its run record: extract, load (merge), the rest."""
     lines = []
-    for kind in (FULL, UNCHANGED, CHANGED, INCREMENTAL):
+    for kind in (FULL, UNCHANGED, CHANGED, INCREMENTAL, INCREMENTAL_SMALL, INCREMENTAL_LARGE):
         row = find(steps, kind, entity)
         if not row or row.get("error") or row.get("seconds") is None:
             continue

@@ -207,3 +207,15 @@ def test_a_step_kind_added_without_a_label_prints_under_its_own_name_after_the_o
     assert "1,000,000" in lines[new[0]] and "30.00" in lines[new[0]]
     reconcile = bench.STEP_LABELS[bench.RECONCILE]
     assert new[0] > max(i for i, line in enumerate(lines) if line.startswith(reconcile))
+
+
+def test_the_incremental_run_after_a_tenth_of_the_change_is_judged_against_the_full_run(steps):
+    small = bench.enrich([*steps, row(bench.INCREMENTAL_SMALL, "messages", 0.6, 100, written=100)], {})
+    verdicts = {v["name"]: v for v in bench.judge(bench.TARGETS, bench.target_values(small))}
+    assert verdicts["incremental_small_vs_full"]["value"] == pytest.approx(0.05)
+    assert verdicts["incremental_small_vs_full"]["verdict"] == "MISS"  # 0.05x > 0.03x
+    assert {v["name"]: v["verdict"] for v in bench.judge(
+        bench.TARGETS, bench.target_values(steps))}["incremental_small_vs_full"] == "n/a"
+    lines = bench.breakdown_lines([*small, row(bench.INCREMENTAL_LARGE, "messages", 2.0, 10_000)])
+    assert any(line.strip().startswith("(4a)") for line in lines)
+    assert any(line.strip().startswith("(4b)") for line in lines)
