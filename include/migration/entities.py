@@ -130,6 +130,14 @@ def _changed_since(alias: str, *columns: str) -> str:
 
 _USER_TS = ("created_at", "updated_at", "deleted_at")
 _CHANGED_USERS = f"SELECT cu.id FROM {{src_users}} cu WHERE {_changed_since('cu', *_USER_TS)}"
+# conversation_fate.change_ts >= {since}, from the rows themselves: the conversation's or its
+# user's timestamps (the user's conversations through their index).
+_CHANGED_CONVERSATIONS = (
+    f"SELECT cc.id FROM {{src_conversations}} cc WHERE {_changed_since('cc', *_USER_TS)} "
+    f"UNION ALL SELECT cc.id FROM {{src_conversations}} cc WHERE cc.user_id IN ({_CHANGED_USERS})")
+_MESSAGE_CONVERSATIONS = (
+    "SELECT nm.conversation_id FROM {src_messages} nm WHERE nm.id > {last_key} OR nm.id = ANY({retry}) "
+    f"UNION ALL {_CHANGED_CONVERSATIONS}")
 
 
 def _email_groups_of(ids: str) -> str:
@@ -299,17 +307,14 @@ MESSAGES = Entity(
     # Each branch can use an index (= ANY(ARRAY(...)) is one; IN (subquery) is a
     # hashed filter over a scan of the whole table), so the planner can combine them.
     incremental_scope=(
-        "m.id > {last_key} OR m.id = ANY({retry}) OR m.conversation_id = ANY(ARRAY("
-        # conversation_fate.change_ts >= {since}, from the rows themselves (the
-        # conversation's or its user's timestamps; the user's through its index)
-        f"SELECT cc.id FROM {{src_conversations}} cc WHERE {_changed_since('cc', *_USER_TS)} "
-        f"UNION ALL SELECT cc.id FROM {{src_conversations}} cc WHERE cc.user_id IN ({_CHANGED_USERS})))"
+        f"m.id > {{last_key}} OR m.id = ANY({{retry}}) OR m.conversation_id = ANY(ARRAY({_CHANGED_CONVERSATIONS}))"
     ),
-    # the conversations of the messages in scope, and their users
+    # The conversations of the messages in scope (the new and retried messages' and the changed
+    # ones: found without reading the changed conversations' messages again), and their users.
     fate_scope={
-        "conversation_fates": "c.id = ANY(ARRAY(SELECT m.conversation_id FROM {src_messages} m WHERE {scope}))",
-        "user_fates": "u.id = ANY(ARRAY(SELECT c.user_id FROM {src_conversations} c WHERE c.id = ANY(ARRAY("
-                      "SELECT m.conversation_id FROM {src_messages} m WHERE {scope}))))",
+        "conversation_fates": f"c.id = ANY(ARRAY({_MESSAGE_CONVERSATIONS}))",
+        "user_fates": f"u.id = ANY(ARRAY(SELECT c.user_id FROM {{src_conversations}} c "
+                      f"WHERE c.id = ANY(ARRAY({_MESSAGE_CONVERSATIONS}))))",
     },
 )
 
