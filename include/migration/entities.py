@@ -312,9 +312,9 @@ MESSAGES = Entity(
     # The conversations of the messages in scope (the new and retried messages' and the changed
     # ones: found without reading the changed conversations' messages again), and their users.
     fate_scope={
-        "conversation_fates": f"c.id = ANY(ARRAY({_MESSAGE_CONVERSATIONS}))",
-        "user_fates": f"u.id = ANY(ARRAY(SELECT c.user_id FROM {{src_conversations}} c "
-                      f"WHERE c.id = ANY(ARRAY({_MESSAGE_CONVERSATIONS}))))",
+        "conversation_fates": f"c.id IN ({_MESSAGE_CONVERSATIONS})",
+        "user_fates": f"u.id IN (SELECT c.user_id FROM {{src_conversations}} c "
+                      f"WHERE c.id IN ({_MESSAGE_CONVERSATIONS}))",
     },
 )
 
