@@ -70,6 +70,8 @@ class Entity:
     alias: str = "s"
     incremental_scope: str = "FALSE"
     # Whose fates an incremental run computes (_fates.sql): a condition per fate
+    # (IN (subquery), not = ANY(ARRAY(...)): the planner then knows how many rows
+    # pass, where it guesses ten for an array and nests loops over the fates)
     # ('user_fates' on u, 'conversation_fates' on c, 'agent_fates' on a) naming
     # the rows the scope needs; {scope} is the run's scope condition, and the
     # legacy tables are {src_<table>}. A fate not named here: every row's.
@@ -143,7 +145,7 @@ _MESSAGE_CONVERSATIONS = (
 def _email_groups_of(ids: str) -> str:
     """Users sharing an email with any of ``ids``: whole groups, so a survivor is the same
     as among every user."""
-    return f"lower(btrim(u.email)) IN (SELECT lower(btrim(n.email)) FROM {{src_users}} n WHERE n.id = ANY(ARRAY({ids})))"
+    return f"lower(btrim(u.email)) IN (SELECT lower(btrim(n.email)) FROM {{src_users}} n WHERE n.id IN ({ids}))"
 
 
 USERS = Entity(
@@ -264,12 +266,12 @@ CONVERSATIONS = Entity(
     ),
     fate_scope={
         "conversation_fates": "{scope}",
-        "agent_fates": "a.id = ANY(ARRAY(SELECT c.agent_id FROM {src_conversations} c WHERE {scope}))",
+        "agent_fates": "a.id IN (SELECT c.agent_id FROM {src_conversations} c WHERE {scope})",
         # the conversations' users and their agents' owners
         "user_fates": _email_groups_of(
             "SELECT c.user_id FROM {src_conversations} c WHERE {scope} UNION ALL "
-            "SELECT na.owner_id FROM {src_agents} na WHERE na.id = ANY(ARRAY("
-            "SELECT c.agent_id FROM {src_conversations} c WHERE {scope}))"),
+            "SELECT na.owner_id FROM {src_agents} na WHERE na.id IN ("
+            "SELECT c.agent_id FROM {src_conversations} c WHERE {scope})"),
     },
 )
 
