@@ -145,7 +145,8 @@ _MESSAGE_CONVERSATIONS = (
 def _email_groups_of(ids: str) -> str:
     """Users sharing an email with any of ``ids``: whole groups, so a survivor is the same
     as among every user."""
-    return f"lower(btrim(u.email)) IN (SELECT lower(btrim(n.email)) FROM {{src_users}} n WHERE n.id IN ({ids}))"
+    return (f"lower(btrim(u.email)) IN (SELECT lower(btrim(n.email)) FROM {{src_users}} n "
+            f"WHERE n.id IN ({ids}))")
 
 
 USERS = Entity(
@@ -309,7 +310,8 @@ MESSAGES = Entity(
     # Each branch can use an index (= ANY(ARRAY(...)) is one; IN (subquery) is a
     # hashed filter over a scan of the whole table), so the planner can combine them.
     incremental_scope=(
-        f"m.id > {{last_key}} OR m.id = ANY({{retry}}) OR m.conversation_id = ANY(ARRAY({_CHANGED_CONVERSATIONS}))"
+        f"m.id > {{last_key}} OR m.id = ANY({{retry}}) "
+        f"OR m.conversation_id = ANY(ARRAY({_CHANGED_CONVERSATIONS}))"
     ),
     # The conversations of the messages in scope (the new and retried messages' and the changed
     # ones: found without reading the changed conversations' messages again), and their users.

@@ -125,7 +125,8 @@ def fate_conditions(entity: Entity, scope: Scope, where: sql.Composable,
     out: dict[str, sql.Composable] = {}
     for fate in FATES:
         template = entity.fate_scope.get(fate) if scope.kind == "changed" else None
-        out[fate] = sql.SQL("TRUE") if template is None else _bind(template, entity, scope, tables, scope=where)
+        out[fate] = (sql.SQL("TRUE") if template is None
+                     else _bind(template, entity, scope, tables, scope=where))
     return out
 
 
