@@ -72,6 +72,13 @@ class Entity:
     # the highest key loaded (append-only), {retry} the quarantined keys.
     alias: str = "s"
     incremental_scope: str = "FALSE"
+    # Whose fates an incremental run computes (_fates.sql): a condition per fate
+    # (IN (subquery), not = ANY(ARRAY(...)): the planner then knows how many rows
+    # pass, where it guesses ten for an array and nests loops over the fates)
+    # ('user_fates' on u, 'conversation_fates' on c, 'agent_fates' on a) naming
+    # the rows the scope needs; {scope} is the run's scope condition, and the
+    # legacy tables are {src_<table>}. A fate not named here: every row's.
+    fate_scope: dict[str, str] = field(default_factory=dict)
     # The columns the row reconciliation compares (default: every column).
     # Columns computed outside SQL (media: from the files) are checked by the
     # entity's own reconcile hook instead.
@@ -133,6 +140,33 @@ def _read_sql(relative: str) -> str:
     return (SQL_DIR / relative).read_text()
 
 
+def _changed_since(alias: str, *columns: str) -> str:
+    """A legacy row's own timestamps moved since the watermark: the same test as its
+    ``change_ts >= {since}`` in _fates.sql (a timestamp more than a day ahead never
+    counts), read from the row alone, so finding what changed needs no fate."""
+    return "(" + " OR ".join(f"{alias}.{c} BETWEEN {{since}} AND (SELECT latest FROM clock)"
+                             for c in columns) + ")"
+
+
+_USER_TS = ("created_at", "updated_at", "deleted_at")
+_CHANGED_USERS = f"SELECT cu.id FROM {{src_users}} cu WHERE {_changed_since('cu', *_USER_TS)}"
+# conversation_fate.change_ts >= {since}, from the rows themselves: the conversation's or its
+# user's timestamps (the user's conversations through their index).
+_CHANGED_CONVERSATIONS = (
+    f"SELECT cc.id FROM {{src_conversations}} cc WHERE {_changed_since('cc', *_USER_TS)} "
+    f"UNION ALL SELECT cc.id FROM {{src_conversations}} cc WHERE cc.user_id IN ({_CHANGED_USERS})")
+_MESSAGE_CONVERSATIONS = (
+    "SELECT nm.conversation_id FROM {src_messages} nm WHERE nm.id > {last_key} OR nm.id = ANY({retry}) "
+    f"UNION ALL {_CHANGED_CONVERSATIONS}")
+
+
+def _email_groups_of(ids: str) -> str:
+    """Users sharing an email with any of ``ids``: whole groups, so a survivor is the same
+    as among every user."""
+    return (f"lower(btrim(u.email)) IN (SELECT lower(btrim(n.email)) FROM {{src_users}} n "
+            f"WHERE n.id IN ({ids}))")
+
+
 # The entities below are data: one description each, alike in shape by design
 # (what differs between entities is the values and their SQL, not logic).
 USERS = Entity(
@@ -159,6 +193,9 @@ USERS = Entity(
         "f.change_ts >= {since} OR f.id = ANY({retry}) OR f.email_norm IN "
         "(SELECT email_norm FROM user_base WHERE change_ts >= {since})"
     ),
+    fate_scope={"user_fates": (
+        "lower(btrim(u.email)) IN (SELECT lower(btrim(n.email)) FROM {src_users} n WHERE "
+        + _changed_since("n", *_USER_TS) + " OR n.id = ANY({retry}))")},
     source_columns={
         "id": "uuid",
         "email": "text",
@@ -205,7 +242,15 @@ AGENTS = Entity(
     },
     parents=(ParentRef("owner_id", "users", nullable=True),),
     alias="a",
-    incremental_scope="af.change_ts >= {since} OR a.id = ANY({retry})",
+    # af.change_ts >= {since}, from the rows themselves: the agent's or its owner's timestamps.
+    incremental_scope=(
+        "a.id = ANY({retry}) OR " + _changed_since("a", "created_at", "updated_at")
+        + f" OR a.owner_id IN ({_CHANGED_USERS})"
+    ),
+    fate_scope={
+        "agent_fates": "{scope}",
+        "user_fates": _email_groups_of("SELECT a.owner_id FROM {src_agents} a WHERE {scope}"),
+    },
 )
 
 CONVERSATIONS = Entity(
@@ -236,7 +281,22 @@ CONVERSATIONS = Entity(
         ParentRef("agent_id", "agents", nullable=True),
     ),
     alias="c",
-    incremental_scope="cf.change_ts >= {since} OR af.change_ts >= {since} OR c.id = ANY({retry})",
+    # cf.change_ts >= {since} OR af.change_ts >= {since}, from the rows themselves: the
+    # conversation's, its user's, its agent's or its agent's owner's timestamps.
+    incremental_scope=(
+        "c.id = ANY({retry}) OR " + _changed_since("c", *_USER_TS)
+        + f" OR c.user_id IN ({_CHANGED_USERS}) OR c.agent_id IN (SELECT ca.id FROM {{src_agents}} ca WHERE "
+        + _changed_since("ca", "created_at", "updated_at") + f" OR ca.owner_id IN ({_CHANGED_USERS}))"
+    ),
+    fate_scope={
+        "conversation_fates": "{scope}",
+        "agent_fates": "a.id IN (SELECT c.agent_id FROM {src_conversations} c WHERE {scope})",
+        # the conversations' users and their agents' owners
+        "user_fates": _email_groups_of(
+            "SELECT c.user_id FROM {src_conversations} c WHERE {scope} UNION ALL "
+            "SELECT na.owner_id FROM {src_agents} na WHERE na.id IN ("
+            "SELECT c.agent_id FROM {src_conversations} c WHERE {scope})"),
+    },
 )
 
 MESSAGES = Entity(
@@ -273,9 +333,16 @@ MESSAGES = Entity(
     # Each branch can use an index (= ANY(ARRAY(...)) is one; IN (subquery) is a
     # hashed filter over a scan of the whole table), so the planner can combine them.
     incremental_scope=(
-        "m.id > {last_key} OR m.id = ANY({retry}) OR m.conversation_id = ANY(ARRAY("
-        "SELECT id FROM conversation_fate WHERE change_ts >= {since}))"
+        f"m.id > {{last_key}} OR m.id = ANY({{retry}}) "
+        f"OR m.conversation_id = ANY(ARRAY({_CHANGED_CONVERSATIONS}))"
     ),
+    # The conversations of the messages in scope (the new and retried messages' and the changed
+    # ones: found without reading the changed conversations' messages again), and their users.
+    fate_scope={
+        "conversation_fates": f"c.id IN ({_MESSAGE_CONVERSATIONS})",
+        "user_fates": f"u.id IN (SELECT c.user_id FROM {{src_conversations}} c "
+                      f"WHERE c.id IN ({_MESSAGE_CONVERSATIONS}))",
+    },
 )
 
 MEDIA = Entity(

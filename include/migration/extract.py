@@ -66,16 +66,27 @@ def plan_scope(dest: psycopg.Connection, entity: Entity, mode: str) -> Scope:
     return Scope(kind="changed", since=since.isoformat(sep=" "), last_key=wm.last_key, retry=retry)
 
 
-def scope_condition(entity: Entity, scope: Scope) -> sql.Composable:
+def source_tables(source_schema: str = "public") -> dict[str, sql.Identifier]:
+    """The legacy tables the transform SQL names as ``{src_<table>}``."""
+    return {f"src_{t}": sql.Identifier(source_schema, t) for t in SOURCE_TABLES}
+
+
+def _bind(template: str, entity: Entity, run_scope: Scope, tables: dict[str, sql.Identifier],
+          **extra: sql.Composable) -> sql.Composed:
+    key_cast = sql.SQL(entity.key_type)
+    return sql.SQL("(" + template + ")").format(
+        since=sql.SQL("{}::timestamp").format(sql.Literal(run_scope.since)),
+        last_key=sql.SQL("{}::{}").format(sql.Literal(run_scope.last_key or _min_key(entity)), key_cast),
+        retry=sql.SQL("{}::{}[]").format(sql.Literal(run_scope.retry or []), key_cast),
+        **tables, **extra)
+
+
+def scope_condition(entity: Entity, scope: Scope,
+                    tables: dict[str, sql.Identifier] | None = None) -> sql.Composable:
     key = sql.SQL("{}.{}").format(sql.Identifier(entity.alias), sql.Identifier(entity.key))
     conds: list[sql.Composable] = []
     if scope.kind == "changed":
-        key_cast = sql.SQL(entity.key_type)
-        conds.append(sql.SQL("(" + entity.incremental_scope + ")").format(
-            since=sql.SQL("{}::timestamp").format(sql.Literal(scope.since)),
-            last_key=sql.SQL("{}::{}").format(sql.Literal(scope.last_key or _min_key(entity)), key_cast),
-            retry=sql.SQL("{}::{}[]").format(sql.Literal(scope.retry or []), key_cast),
-        ))
+        conds.append(_bind(entity.incremental_scope, entity, scope, tables or source_tables()))
     if scope.key_range is not None:
         lo, hi = scope.key_range
         if lo is not None:
@@ -103,9 +114,10 @@ def transform_query(entity: Entity, scope: Scope, *, source_schema: str = "publi
     A ``SQL_ASCII`` database stores any bytes; its rows holding text that is not
     UTF-8 are quarantined (``quarantine_invalid_utf8``). Any other encoding
     converts to UTF-8 on its own, so the query stays as it is."""
-    tables = {f"src_{t}": sql.Identifier(source_schema, t) for t in SOURCE_TABLES}
+    tables = source_tables(source_schema)
     text = transform_sql_text(entity) + "\nOFFSET 0"
-    query = sql.SQL(text).format(scope=scope_condition(entity, scope), **tables)
+    where = scope_condition(entity, scope, tables)
+    query = sql.SQL(text).format(scope=where, **fate_conditions(entity, scope, where, tables), **tables)
     if encoding == "SQL_ASCII":
         return quarantine_invalid_utf8(entity, query, source_schema)
     return query
@@ -151,6 +163,21 @@ def quarantine_invalid_utf8(entity: Entity, query: sql.Composable, source_schema
         cols.append(sql.SQL("{} AS {}").format(col, sql.Identifier(name)))
     return sql.SQL("SELECT {cols} FROM ({query}) t CROSS JOIN LATERAL (SELECT {bad} AS _bad) b OFFSET 0").format(
         cols=sql.SQL(", ").join(cols), query=query, bad=bad)
+
+FATES = ("user_fates", "conversation_fates", "agent_fates")
+
+
+def fate_conditions(entity: Entity, scope: Scope, where: sql.Composable,
+                    tables: dict[str, sql.Identifier]) -> dict[str, sql.Composable]:
+    """Whose fates the transform computes (_fates.sql): every row's in a full run; in an
+    incremental run the rows its scope needs (``Entity.fate_scope``), so an incremental
+    run's cost follows the change, not the table."""
+    out: dict[str, sql.Composable] = {}
+    for fate in FATES:
+        template = entity.fate_scope.get(fate) if scope.kind == "changed" else None
+        out[fate] = (sql.SQL("TRUE") if template is None
+                     else _bind(template, entity, scope, tables, scope=where))
+    return out
 
 
 def stage_name(run_id: str, partition: int | None = None) -> str:

@@ -8,9 +8,12 @@ legacy world at the scale and bootstraps the destination. Then, in one run:
 * the **limit** of each entity: the legacy table streamed by binary
   ``COPY ... TO STDOUT`` into ``COPY ... FROM STDIN`` of an empty scratch
   table with the legacy column types and a primary key (``bench_limit``);
-* the **naive** plan: rows read through a server-side cursor and written with
-  ``INSERT ... ON CONFLICT (id) DO UPDATE``, ``executemany`` in batches of
-  100, one commit per batch (``bench_naive``), on a slice of the messages;
+* the **naive** baselines, on a slice of the messages (``bench_naive``, emptied
+  before each): the migration plan's approach as written (psycopg2, rows read
+  through a server-side cursor, ``INSERT ... ON CONFLICT (id) DO UPDATE`` by
+  ``execute_values`` in batches of 100, one commit per batch), and the same
+  upserts through psycopg 3's pipelined ``executemany``; the pipeline's rows/s
+  is reported over each;
 * **the pipeline**, entity by entity in load order: (1) a full run into the
   empty destination, (2) a full run with nothing changed, (3) a full run after
   10 % of the messages were edited, (4) an incremental run after

@@ -25,6 +25,8 @@ from local_runtime.bench.report import (
     NAIVE_ROWS,
     SCALE_TARGETS,
     TARGETS,
+    baseline_ratios,
+    baselines_note,
     enrich,
     history_record,
     judge,
@@ -68,6 +70,8 @@ def assemble(b: Bench, server: Server, steps: list[dict], extra: dict) -> dict:
               "steps": steps, "totals": totals(steps),
               "result_file": f"bench-results/{b.stamp}-{b.scale}.json"}
     report["targets"] = judge(TARGETS, target_values(steps))
+    report["baselines"] = baseline_ratios(steps)
+    report["notes"] = [*report.get("notes", []), baselines_note(steps)]
     history = RESULTS / "history.jsonl"
     other = last_other_scale(history.read_text().splitlines(), b.scale) if history.exists() else None
     values = scale_values(history_record(report), other)

@@ -32,11 +32,15 @@ from local_runtime.bench.report import (
     ENTITY_ORDER,
     FULL,
     INCREMENTAL,
+    INCREMENTAL_LARGE,
+    INCREMENTAL_SMALL,
     LIMIT,
     NAIVE,
+    NAIVE_EXECUTEMANY,
     RECONCILE,
     UNCHANGED,
     _fmt_num,
+    step_label,
 )
 from local_runtime.bench.server import (
     RESULTS,
@@ -79,9 +83,10 @@ def run_limits(b: Bench) -> list[dict]:
     return rows
 
 
-def run_naive(b: Bench, limit_rows: int) -> dict:
-    scratch_table(b.legacy, b.dest, "bench_naive", "messages")
-    row = b.measure(NAIVE, "messages", measured.step_naive, legacy=b.legacy, dest=b.dest, entity="messages",
+def run_naive(b: Bench, limit_rows: int, kind: str = NAIVE,
+              step: Callable[..., dict] = measured.step_naive) -> dict:
+    scratch_table(b.legacy, b.dest, "bench_naive", "messages")  # empty: each baseline inserts every row
+    row = b.measure(kind, "messages", step, legacy=b.legacy, dest=b.dest, entity="messages",
                     limit_rows=limit_rows)
     drop_scratch(b.dest, "bench_naive")
     return row
@@ -104,10 +109,10 @@ def edit_messages(legacy: str) -> int:
     return n
 
 
-def run_changes(legacy: str) -> dict[str, int]:
+def run_changes(legacy: str, fraction: float = 0.01, seed: int = 7) -> dict[str, int]:
     from local_runtime.world import apply_changes
 
-    report = apply_changes(legacy, seed=7, fraction=0.01)
+    report = apply_changes(legacy, seed=seed, fraction=fraction)
     with psycopg.connect(legacy, autocommit=True) as conn:
         conn.execute("ANALYZE")
     return {kind: len(keys) for kind, keys in report.changes.items()}
@@ -145,8 +150,13 @@ def limits(run: Run) -> None:
 
 
 def naive(run: Run) -> None:
-    """The plan's first idea, on a slice of the messages."""
+    """The plan's approach as written (psycopg2, execute_values), on a slice of the messages."""
     run.steps.append(run_naive(run.bench, run.naive_rows))
+
+
+def naive_executemany(run: Run) -> None:
+    """The same upserts through psycopg 3's pipelined executemany: a second baseline."""
+    run.steps.append(run_naive(run.bench, run.naive_rows, NAIVE_EXECUTEMANY, measured.step_naive_executemany))
 
 
 def bootstrap_destination(run: Run) -> None:
@@ -189,6 +199,25 @@ def changes(run: Run) -> None:
 def incremental(run: Run) -> None:
     """(4) an incremental run after those changes."""
     run.steps += run_pipeline_round(run.bench, INCREMENTAL, "incremental")
+
+
+def incremental_after(run: Run, kind: str, fraction: float, seed: int) -> None:
+    """apply_changes(fraction) on the legacy world, then an incremental run of every entity."""
+    changed = run_changes(run.bench.legacy, fraction, seed)
+    run.sections[f"changes_{kind}"] = changed
+    run.notes.append(f"{step_label(kind)}: after apply_changes(fraction={fraction}): {fmt_changes(changed)}")
+    say(f"  apply_changes(fraction={fraction}): {fmt_changes(changed)}")
+    run.steps += run_pipeline_round(run.bench, kind, "incremental")
+
+
+def incremental_small(run: Run) -> None:
+    """(4a) a nightly sync after a change a tenth the size of (4)'s (run before (4): see PHASES)."""
+    incremental_after(run, INCREMENTAL_SMALL, 0.001, seed=8)
+
+
+def incremental_large(run: Run) -> None:
+    """(4b) a nightly sync after a change ten times the size of (4)'s."""
+    incremental_after(run, INCREMENTAL_LARGE, 0.1, seed=9)
 
 
 def partitions(run: Run) -> None:
@@ -265,17 +294,24 @@ Phase = Callable[[Run], None]
 
 # The run, in order: one line per phase. Reconciliation runs before the changes
 # of (4) (see ``reconcile``), so the table numbers steps as the report prints them.
+# An incremental run re-reads the lookback (runs.LOOKBACK_SECONDS) before its
+# watermark, which holds the previous round's changes (seconds apart here, a day
+# apart in production): the 0.1 % round goes first so its scope is its own; (4)
+# then also re-reads it (1.1 %), and (4b) re-reads (4)'s.
 PHASES: tuple[tuple[str, Phase], ...] = (
     ("limits", limits),
     ("naive", naive),
+    ("naive_executemany", naive_executemany),
     ("bootstrap", bootstrap_destination),
     ("full", full),
     ("unchanged", unchanged),
     ("changed", changed),
     ("reconcile", reconcile),
+    ("incremental_small", incremental_small),
     ("changes", changes),
     ("incremental", incremental),
     ("hard_deletes", bench_deletes.phase),  # incremental after 1 % with 0.1 % hard deletes
+    ("incremental_large", incremental_large),
     ("partitions", partitions),
     ("storage", storage),
     ("profile", profile),

@@ -37,12 +37,47 @@ def step_limit(legacy: str, dest: str, entity: str) -> dict:
     return {"rows": rows, "bytes_copied": copied}
 
 
-def step_naive(legacy: str, dest: str, entity: str, limit_rows: int) -> dict:
-    """The plan's first idea: read rows in Python, upsert 100 at a time, commit each batch."""
+def _naive_columns(entity: str) -> tuple[list[str], str]:
+    """The columns both naive baselines copy, and the key they upsert on."""
     from include.migration.entities import get
 
-    names = legacy_columns(entity)
-    key = get(entity).key
+    return legacy_columns(entity), get(entity).key
+
+
+def step_naive(legacy: str, dest: str, entity: str, limit_rows: int) -> dict:
+    """The migration plan's approach as written: psycopg2, rows read through a server-side
+    (named) cursor, upserted with ``execute_values`` in batches of 100, one commit per batch."""
+    import psycopg2
+    from psycopg2 import sql as sql2
+    from psycopg2.extras import execute_values
+
+    names, key = _naive_columns(entity)
+    cols = sql2.SQL(", ").join(map(sql2.Identifier, names))
+    insert = sql2.SQL("INSERT INTO {t} ({cols}) VALUES %s ON CONFLICT ({key}) DO UPDATE SET {sets}").format(
+        t=sql2.Identifier("bench_naive", entity), cols=cols, key=sql2.Identifier(key),
+        sets=sql2.SQL(", ").join(
+            sql2.SQL("{0} = EXCLUDED.{0}").format(sql2.Identifier(c)) for c in names if c != key))
+    rows = 0
+    src, dst = psycopg2.connect(legacy), psycopg2.connect(dest)
+    try:
+        with src.cursor(name="bench_naive") as rcur, dst.cursor() as wcur:
+            statement = insert.as_string(wcur)
+            rcur.execute(sql2.SQL("SELECT {} FROM {} ORDER BY {} LIMIT {}").format(
+                cols, sql2.Identifier("public", entity), sql2.Identifier(key), sql2.Literal(limit_rows)))
+            while batch := rcur.fetchmany(NAIVE_BATCH):
+                execute_values(wcur, statement, batch, page_size=NAIVE_BATCH)
+                dst.commit()
+                rows += len(batch)
+    finally:
+        src.close()
+        dst.close()
+    return {"rows": rows}
+
+
+def step_naive_executemany(legacy: str, dest: str, entity: str, limit_rows: int) -> dict:
+    """A second baseline: the same upserts through psycopg 3's ``executemany`` (pipelined),
+    read through a server-side cursor, 100 rows per batch, one commit per batch."""
+    names, key = _naive_columns(entity)
     insert = sql.SQL(
         "INSERT INTO {t} ({cols}) VALUES ({vals}) ON CONFLICT ({key}) DO UPDATE SET {sets}").format(
         t=sql.Identifier("bench_naive", entity), cols=sql.SQL(", ").join(map(sql.Identifier, names)),

@@ -22,6 +22,7 @@ def steps() -> list[dict]:
         row(bench.LIMIT, "users", 1.0, 1000, peak_rss_mb=40.0),
         row(bench.LIMIT, "messages", 10.0, 100_000, peak_rss_mb=45.0),
         row(bench.NAIVE, "messages", 20.0, 10_000, peak_rss_mb=50.0),
+        row(bench.NAIVE_EXECUTEMANY, "messages", 5.0, 10_000, peak_rss_mb=90.0),
         row(bench.FULL, "users", 2.0, 1000, peak_rss_mb=60.0, written=990),
         row(bench.FULL, "messages", 12.0, 100_000, peak_rss_mb=70.0, written=99_000,
             detail={"extract_seconds": 5.0, "load_seconds": 6.0}),
@@ -47,6 +48,20 @@ def test_incremental_and_naive_rows_have_no_table_rate_and_naive_no_limit_ratio(
     naive = bench.find(steps, bench.NAIVE, "messages")
     assert naive["x_limit"] is None
     assert naive["rows_per_s"] == pytest.approx(500)
+
+
+def test_the_pipeline_is_reported_over_each_baseline_and_judged_on_the_plans(steps):
+    pipeline_rate = 100_000 / 12
+    ratios = bench.baseline_ratios(steps)
+    assert ratios[bench.NAIVE] == pytest.approx(pipeline_rate / 500)
+    assert ratios[bench.NAIVE_EXECUTEMANY] == pytest.approx(pipeline_rate / 2000)
+    assert bench.target_values(steps)["pipeline_vs_naive"] == ratios[bench.NAIVE]
+    assert bench.find(steps, bench.NAIVE_EXECUTEMANY, "messages")["x_limit"] is None
+    assert bench.find(bench.totals(steps), bench.NAIVE_EXECUTEMANY, "total") is None
+    note = bench.baselines_note(steps)
+    assert f"{pipeline_rate / 500:.2f}x" in note and f"{pipeline_rate / 2000:.2f}x" in note
+    without = bench.baseline_ratios([r for r in steps if r["step"] != bench.NAIVE_EXECUTEMANY])
+    assert without[bench.NAIVE_EXECUTEMANY] is None and without[bench.NAIVE] == ratios[bench.NAIVE]
 
 
 def test_a_failed_step_gets_no_figures_and_its_total_no_ratio():
@@ -81,7 +96,7 @@ def test_targets_judge_each_figure(steps):
     assert verdicts["reconcile_vs_limit"]["verdict"] == "PASS"  # 0.8x
     assert verdicts["pipeline_vs_naive"]["value"] == pytest.approx((100_000 / 12) / 500)
     assert verdicts["pipeline_vs_naive"]["verdict"] == "PASS"
-    # RSS of the pipeline's steps only (not the limit's or the naive's).
+    # RSS of the pipeline's steps only (not the limit's or either baseline's).
     assert verdicts["peak_rss"]["value"] == 80.0 and verdicts["peak_rss"]["verdict"] == "PASS"
 
 
@@ -192,3 +207,15 @@ def test_a_step_kind_added_without_a_label_prints_under_its_own_name_after_the_o
     assert "1,000,000" in lines[new[0]] and "30.00" in lines[new[0]]
     reconcile = bench.STEP_LABELS[bench.RECONCILE]
     assert new[0] > max(i for i, line in enumerate(lines) if line.startswith(reconcile))
+
+
+def test_the_incremental_run_after_a_tenth_of_the_change_is_judged_against_the_full_run(steps):
+    small = bench.enrich([*steps, row(bench.INCREMENTAL_SMALL, "messages", 0.6, 100, written=100)], {})
+    verdicts = {v["name"]: v for v in bench.judge(bench.TARGETS, bench.target_values(small))}
+    assert verdicts["incremental_small_vs_full"]["value"] == pytest.approx(0.05)
+    assert verdicts["incremental_small_vs_full"]["verdict"] == "MISS"  # 0.05x > 0.03x
+    assert {v["name"]: v["verdict"] for v in bench.judge(
+        bench.TARGETS, bench.target_values(steps))}["incremental_small_vs_full"] == "n/a"
+    lines = bench.breakdown_lines([*small, row(bench.INCREMENTAL_LARGE, "messages", 2.0, 10_000)])
+    assert any(line.strip().startswith("(4a)") for line in lines)
+    assert any(line.strip().startswith("(4b)") for line in lines)

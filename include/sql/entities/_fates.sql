@@ -6,6 +6,13 @@
 -- snapshot: a row carrying one is quarantined ('implausible_timestamp'),
 -- and no change_ts takes a future value, so one row dated 9999 cannot carry
 -- the incremental watermark past every later change.
+--
+-- {user_fates}, {conversation_fates} and {agent_fates} restrict whose fate is
+-- computed (extract.transform_query): TRUE for a full run; in an incremental
+-- run, the rows the entity's scope needs (Entity.fate_scope), so its cost
+-- follows the change, not the table. A restriction keeps every parent a
+-- needed row joins and, where a survivor is needed, whole email groups, so
+-- each fate it computes is the same as over every row.
 clock AS (
     SELECT timestamp '1970-01-01' AS earliest, (now() AT TIME ZONE 'UTC') + interval '1 day' AS latest
 ),
@@ -32,6 +39,7 @@ user_base AS (
                     CASE WHEN u.deleted_at <= (SELECT latest FROM clock) THEN u.deleted_at END) AS change_ts
     FROM {src_users} u
     -- (clock: read through scalar subqueries, evaluated once)
+    WHERE {user_fates}
 ),
 user_fate AS (
     SELECT b.*,
@@ -70,6 +78,7 @@ agent_fate AS (
     FROM {src_agents} a
     -- (clock: read through scalar subqueries, evaluated once)
     LEFT JOIN user_fate uf ON uf.id = a.owner_id
+    WHERE {agent_fates}
 ),
 -- conversation_fate.problem: NULL, or why the conversation cannot migrate.
 conversation_fate AS (
@@ -90,4 +99,5 @@ conversation_fate AS (
     -- and change time, not its survivor (conversations.sql joins user_fate for
     -- that), so the messages transform skips the survivor window.
     LEFT JOIN user_base uf ON uf.id = c.user_id
+    WHERE {conversation_fates}
 )
