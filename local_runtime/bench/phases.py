@@ -242,6 +242,15 @@ def profile(run: Run) -> None:
         "transform_plan": measured.explain_transform(b.legacy, "messages")}
 
 
+def cluster(run: Run) -> None:
+    """The same backfill with 1, 2 and 4 partitions through the CeleryExecutor cluster
+    (``local_runtime.bench_cluster``; ``BENCH_CLUSTER=0`` skips it)."""
+    from local_runtime.bench_cluster import cluster_step
+
+    run.sections["cluster"] = out = cluster_step(run.bench, run.server, run.steps)
+    run.notes += out["lines"]
+
+
 Phase = Callable[[Run], None]
 
 # The run, in order: one line per phase. Reconciliation runs before the changes
@@ -257,6 +266,7 @@ PHASES: tuple[tuple[str, Phase], ...] = (
     ("changes", changes),
     ("incremental", incremental),
     ("partitions", partitions),
+    ("cluster", cluster),
     ("profile", profile),
 )
 
