@@ -154,16 +154,18 @@ def metadata_database(base_uri: str) -> str:
 
 
 @contextmanager
-def running_cluster(legacy: str, dest: str, base_uri: str, state_dir: Path,
-                    concurrency: int = 2) -> Iterator[tuple[airflow_stack.AirflowClient, local_cluster.Cluster]]:
+def running_cluster(
+    legacy: str, dest: str, base_uri: str, state_dir: Path, concurrency: int = 2
+) -> Iterator[tuple[airflow_stack.AirflowClient, local_cluster.Cluster]]:
     """Redis, the Airflow components and two workers on the benchmark's server; all stopped after."""
     metadata = metadata_database(base_uri)
     cl = local_cluster.Cluster(state_dir=state_dir, redis_port=_free_port(), concurrency=concurrency)
     af = airflow_stack.LocalAirflow(
         state_dir=state_dir, sql_alchemy_conn=metadata, dags_folder=ROOT / "dags",
         plugins_folder=ROOT / "plugins", port=_free_port(),
-        extra_env={**cl.airflow_env(metadata), "AIRFLOW_CONN_LEGACY_DB": legacy, "AIRFLOW_CONN_SUPABASE_DB": dest,
-                   "PYTHONPATH": str(ROOT), "MIGRATION_STATE_DIR": str(state_dir / "reports")},
+        extra_env={**cl.airflow_env(metadata), "AIRFLOW_CONN_LEGACY_DB": legacy,
+                   "AIRFLOW_CONN_SUPABASE_DB": dest, "PYTHONPATH": str(ROOT),
+                   "MIGRATION_STATE_DIR": str(state_dir / "reports")},
     )
     try:
         local_cluster.start_redis(cl)
@@ -264,7 +266,8 @@ def cpu_lines(out: dict[str, Any]) -> list[str]:
     for key in sorted((k for k in out if k.isdigit()), key=int):
         cpu = (out[key] or {}).get("cpu") or {}
         if cpu:
-            lines.append(f"  {key} partition(s), CPU-seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
+            spent = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+            lines.append(f"  {key} partition(s), CPU-seconds: {spent}")
     return lines
 
 

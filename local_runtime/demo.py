@@ -522,7 +522,8 @@ def start_airflow(dbs: Databases, standin: dict[str, str] | None, executor: str 
     if executor == "celery":
         cluster.start_workers(local_cluster, af)
         say(f"  CeleryExecutor: workers {', '.join(local_cluster.workers)} "
-            f"(concurrency {local_cluster.concurrency} each, queue {cluster.DEFAULT_QUEUE}) answer on the broker")
+            f"(concurrency {local_cluster.concurrency} each, queue {cluster.DEFAULT_QUEUE}) answer on the "
+            "broker")
     return client
 
 

@@ -90,7 +90,8 @@ class Cluster:
     client: local_airflow.AirflowClient
 
     def attempts(self, dag_id: str, run_id: str) -> list[dict]:
-        return [a for a in local_cluster.task_attempts(self.metadata, dag_ids=[dag_id]) if a["run_id"] == run_id]
+        attempts = local_cluster.task_attempts(self.metadata, dag_ids=[dag_id])
+        return [a for a in attempts if a["run_id"] == run_id]
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +162,7 @@ def _blocked_on(dsn: str, table: str, seconds: float = 300) -> int:
     deadline = time.monotonic() + seconds
     with psycopg.connect(dsn, autocommit=True) as conn:
         while time.monotonic() < deadline:
-            row = conn.execute("SELECT l.pid FROM pg_locks l WHERE NOT l.granted AND l.relation = %s::regclass",
+            row = conn.execute("SELECT pid FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
                                (table,)).fetchone()
             if row:
                 return row[0]
@@ -287,6 +288,6 @@ def test_two_syncs_racing_on_two_workers_never_write_at_once(celery: Cluster) ->
     assert statuses[f"{run['dag_run_id']}-{loser + 1}"] != "succeeded", statuses
     # The loser wrote nothing: no accounting, no ledger row, no table row carries its run.
     loser_run = f"{ENTITY}:{run['dag_run_id']}-{loser + 1}"
-    assert _fetch(c.dest, "SELECT count(*) FROM migration.run_accounting WHERE run_id = %s", (loser_run,)) == [(0,)]
-    assert _fetch(c.dest, "SELECT count(*) FROM migration.quarantine WHERE run_id = %s", (loser_run,)) == [(0,)]
-    assert _fetch(c.dest, "SELECT count(*) FROM migration.exclusions WHERE run_id = %s", (loser_run,)) == [(0,)]
+    for ledger in ("run_accounting", "quarantine", "exclusions"):
+        query = f"SELECT count(*) FROM migration.{ledger} WHERE run_id = %s"
+        assert _fetch(c.dest, query, (loser_run,)) == [(0,)], ledger

@@ -34,10 +34,12 @@ def test_compose_sets_every_shared_setting_the_same_way(compose_env, local) -> N
         assert key in compose_env, key
     assert compose_env["AIRFLOW__CORE__EXECUTOR"] == shared["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert compose_env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] == shared["AIRFLOW__OPERATORS__DEFAULT_QUEUE"]
-    ours, theirs = urlsplit(shared["AIRFLOW__CELERY__BROKER_URL"]), urlsplit(compose_env["AIRFLOW__CELERY__BROKER_URL"])
+    ours = urlsplit(shared["AIRFLOW__CELERY__BROKER_URL"])
+    theirs = urlsplit(compose_env["AIRFLOW__CELERY__BROKER_URL"])
     assert (ours.scheme, ours.path) == (theirs.scheme, theirs.path) == ("redis", "/0")
     assert ours.hostname == "127.0.0.1" and ours.port == 6390
-    for backend in (shared["AIRFLOW__CELERY__RESULT_BACKEND"], compose_env["AIRFLOW__CELERY__RESULT_BACKEND"]):
+    backends = (shared["AIRFLOW__CELERY__RESULT_BACKEND"], compose_env["AIRFLOW__CELERY__RESULT_BACKEND"])
+    for backend in backends:
         assert backend.startswith("db+postgresql"), backend
 
 
