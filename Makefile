@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SCALE ?= small
 PG_PORT ?= 54329
+EXECUTOR ?= local
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: setup test test-fast demo stop env bench constraints lint
@@ -25,7 +26,7 @@ test-fast: setup
 	$(PY) -m pytest tests -m "not slow"
 
 demo: setup
-	$(PY) -m local_runtime.demo run --scale $(SCALE) --port $(PG_PORT)
+	$(PY) -m local_runtime.demo run --scale $(SCALE) --port $(PG_PORT) --executor $(EXECUTOR)
 
 stop: setup
 	$(PY) -m local_runtime.demo stop --port $(PG_PORT)

@@ -17,7 +17,7 @@ and to `migration.schema_checks`, which each entity's load gate reads.
 **Tasks**
 
 * `compare` runs the check and updates the `migration://schema_check` asset,
-  with `{"mode", "verdict", "check_id"}` in the event's extra. It succeeds
+  with `{"mode", "partitions", "verdict", "check_id"}` in the event's extra. It succeeds
   whatever the verdict: the entity DAGs start from the asset, and each one's
   load gate refuses only the entities a breaking difference blocks, saying
   which difference and how to clear it. Unaffected entities still sync.
@@ -31,7 +31,9 @@ of an entity DAG with its `accept_schema_differences` and `override_reason`
 params. The acceptance is recorded in `migration.schema_overrides`.
 
 **Params**: `mode` is the mode the entity DAGs triggered by this check run in
-(`incremental` nightly, `full` for a backfill started from the top).
+(`incremental` nightly, `full` for a backfill started from the top);
+`partitions` is how many key ranges their extract splits into (one task each,
+side by side on a cluster's workers).
 """
 
 from __future__ import annotations
@@ -61,6 +63,13 @@ from include.orchestration.assets import SCHEMA_CHECK
             enum=["incremental", "full"],
             description="the mode the entity DAGs triggered by this check run in",
         ),
+        "partitions": Param(
+            1,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            description="the partitions (extract tasks) of the entity DAGs triggered by this check",
+        ),
     },
 )
 def schema_diff() -> None:
@@ -74,6 +83,7 @@ def schema_diff() -> None:
         )
         outlet_events[SCHEMA_CHECK].extra = {
             "mode": params["mode"],
+            "partitions": params["partitions"],
             "verdict": report.verdict,
             "check_id": report.check_id,
         }

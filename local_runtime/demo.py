@@ -13,6 +13,7 @@ Command line (used by the Makefile)::
     python -m local_runtime.demo run --scale small --port 54329
     python -m local_runtime.demo env --port 54329
     python -m local_runtime.demo stop --port 54329
+    python -m local_runtime.demo run --executor celery   # Redis + two Celery workers (local_runtime.cluster)
 
 Environment it honours: ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``,
 ``AIRFLOW_CONN_LEGACY_DB``, ``AIRFLOW_CONN_SUPABASE_DB`` (databases to use
@@ -418,7 +419,8 @@ def trigger_top(client: AirflowClient, conf: dict[str, Any]) -> dict[str, Any]:
     return run
 
 
-def run_chain(client: AirflowClient, served: set[str], mode: str, timeout: float) -> dict[str, str]:
+def run_chain(client: AirflowClient, served: set[str], mode: str, timeout: float,
+              extra: dict[str, Any] | None = None) -> dict[str, str]:
     """Trigger the first DAG with ``{"mode": mode}`` and follow the asset-triggered chain it starts.
 
     Returns each DAG's outcome: a run state, "not there" or "not triggered".
@@ -428,7 +430,7 @@ def run_chain(client: AirflowClient, served: set[str], mode: str, timeout: float
         say(f"  [{CHAIN[0]}] not there yet: nothing to trigger")
         return outcome
     since = datetime.now(UTC) - timedelta(seconds=1)
-    run = trigger_top(client, {"mode": mode})
+    run = trigger_top(client, {"mode": mode, **(extra or {})})
     outcome[CHAIN[0]] = follow(client, CHAIN[0], run["dag_run_id"], timeout)
     parent: tuple[str, str] | None = (CHAIN[0], run["dag_run_id"])
     for dag_id in CHAIN[1:]:
@@ -499,6 +501,7 @@ def _load() -> dict[str, Any] | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     check_modules()
+    started_at = datetime.now(UTC)
     started = time.monotonic()
     STATE.mkdir(exist_ok=True)
     say("== 1. databases")
@@ -519,14 +522,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     standin = None if os.environ.get("AIRFLOW_CONN_SUPABASE_API") else start_standin(catalog)
     say("== 5. Airflow")
     airflow_started = time.monotonic()
-    client = start_airflow(dbs, standin)
+    client = start_airflow(dbs, standin, args.executor)
     say(f"  Airflow answered after {time.monotonic() - airflow_started:.0f}s")
     timeout = float(os.environ.get("DEMO_RUN_TIMEOUT", "1800"))
     served = wait_for_dags(client, ROOT / "dags", CHAIN)
     unpause(client, served)
     assessed = assess_first(client, served, timeout)
     say("== 6. full migration")
-    outcomes = [assessed, *run_chain(client, served, "full", timeout).values()]
+    # On the cluster the backfill splits each extract in two, one partition per worker.
+    backfill = {"partitions": 2} if args.executor == "celery" else None
+    outcomes = [assessed, *run_chain(client, served, "full", timeout, backfill).values()]
     say("== 7. changes in the legacy world, then an incremental migration")
     apply_legacy_changes(dbs)
     outcomes += run_chain(client, served, "incremental", timeout).values()
@@ -534,6 +539,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not print_report(dbs):
         outcomes.append("report failed")
     outcomes.append(cutover_verdict(client, served, timeout))
+    if args.executor == "celery" and not print_workers(dbs, started_at):
+        outcomes.append("cluster proof failed")
     counts = Counter(outcomes)
     say(f"\ndemo finished in {time.monotonic() - started:.0f}s: "
         + ", ".join(f"{n} {state}" for state, n in counts.most_common()))
@@ -541,9 +548,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if set(counts) == {"success"} else 1
 
 
-def start_airflow(dbs: Databases, standin: dict[str, str] | None) -> AirflowClient:
+def start_airflow(dbs: Databases, standin: dict[str, str] | None, executor: str = "local") -> AirflowClient:
     conns = connections(dbs, standin)
     af = airflow_settings(dbs, conns, _api_port())
+    if executor == "celery":
+        from local_runtime import cluster
+
+        local_cluster, af = cluster.for_demo(af, STATE)
+        cluster.start_redis(local_cluster)
+        say(f"  Redis (redis-server {cluster.redis_server_binary()}) at {local_cluster.broker_url}")
     info = {
         "pg_port": dbs.pg_port if dbs.embedded else None,
         "embedded": sorted(dbs.embedded),
@@ -553,7 +566,23 @@ def start_airflow(dbs: Databases, standin: dict[str, str] | None) -> AirflowClie
     _save(info)
     client = local_airflow.start(af)
     say(f"  api-server, scheduler, dag-processor, triggerer running; UI {af.ui_url}; logs in {af.logs_dir}")
+    if executor == "celery":
+        cluster.start_workers(local_cluster, af)
+        say(f"  CeleryExecutor: workers {', '.join(local_cluster.workers)} "
+            f"(concurrency {local_cluster.concurrency} each, queue {cluster.DEFAULT_QUEUE}) answer on the "
+            "broker")
     return client
+
+
+def print_workers(dbs: Databases, since: datetime) -> bool:
+    """How many task attempts each Celery worker ran in this demo (from the Airflow metadata DB)."""
+    from local_runtime import cluster
+
+    say("== 9. workers")
+    lines, ok = cluster.demo_summary(dbs.airflow_sqlalchemy, CHAIN, since)
+    for line in lines:
+        say(line)
+    return ok
 
 
 def unpause(client: AirflowClient, served: set[str]) -> None:
@@ -629,6 +658,9 @@ def _stop_services() -> list[str]:
     """Stop Airflow and the stand-in, then whatever else of ours outlived them."""
     stopped = [f"airflow {name}" for name in local_airflow.stop(STATE)]
     stopped += local_airflow.stop_recorded(STATE, STANDIN)
+    from local_runtime import cluster
+
+    stopped += cluster.stop_all(STATE)
     if left := local_airflow.sweep(STATE):
         stopped.append(f"{left} leftover process(es)")
     return stopped
@@ -649,6 +681,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("command", choices=("run", "stop", "env"))
     parser.add_argument("--scale", default="small", help="size of the legacy world (run only)")
     parser.add_argument("--port", type=int, default=54329, help="port of the embedded PostgreSQL")
+    parser.add_argument("--executor", choices=("local", "celery"), default="local",
+                        help="celery: a Redis broker and two Celery workers (run only)")
     return parser.parse_args(argv)
 
 

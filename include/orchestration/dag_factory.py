@@ -39,7 +39,7 @@ def entity_params() -> dict[str, Param]:
             "Split the source into this many key ranges of about equal size, each extracted by its own "
             "task (side by side, one per worker), into one stage that is then loaded as one. More than 1 "
             "always stages (a direct load is one stream); into an empty table the stage is then copied in "
-            "whole, indexes rebuilt after.")),
+            "whole, indexes rebuilt after. A run started by its parent's asset takes the parent's.")),
         "batch_size": Param(pipeline.DEFAULT_BATCH_SIZE, type="integer", minimum=100, maximum=1_000_000,
                             description="Rows per load chunk; each chunk commits in its own transaction."),
         "quarantine_threshold_pct": Param(pipeline.DEFAULT_QUARANTINE_THRESHOLD_PCT, type="number", minimum=0,
@@ -78,6 +78,12 @@ def resolve_mode(context: Any) -> str:
 def resolve_dry_run(context: Any) -> bool:
     """A parent's dry run makes its children dry runs too: a dry run never writes."""
     return bool(_from_parent(context, "dry_run") or context["params"]["dry_run"])
+
+
+def resolve_partitions(context: Any) -> int:
+    """The parent's partitions when started by an asset event, else the param."""
+    parts = _from_parent(context, "partitions")
+    return int(parts) if isinstance(parts, int) and parts >= 1 else int(context["params"]["partitions"])
 
 
 def _who(context: Any) -> str:
@@ -123,7 +129,7 @@ def entity_dag(name: str, doc: str | None) -> Any:
             return pipeline.plan(pipeline.Conns.from_airflow(), name, context["run_id"], mode=resolve_mode(context),
                                  dry_run=resolve_dry_run(context), options=options or None,
                                  load_method=context["params"]["load_method"],
-                                 partitions=int(context["params"]["partitions"]))
+                                 partitions=resolve_partitions(context))
 
         # One task per key-range partition; with a worker each, they extract side by side.
         @task(map_index_template="{{ partition_label }}")
@@ -184,7 +190,8 @@ def entity_dag(name: str, doc: str | None) -> Any:
                     _fail(exc)
                     raise
             context["outlet_events"][outlet].extra = {"mode": resolve_mode(context),
-                                                      "dry_run": resolve_dry_run(context)}
+                                                      "dry_run": resolve_dry_run(context),
+                                                      "partitions": resolve_partitions(context)}
             return result
 
         reconcile(validate(load(transform(extract.expand(part=plan())))))

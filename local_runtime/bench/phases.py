@@ -289,6 +289,14 @@ def storage(run: Run) -> None:
     for line in bench_storage.report_lines(figures):
         say(f"  {line}")
 
+def cluster(run: Run) -> None:
+    """The same backfill with 1, 2 and 4 partitions through the CeleryExecutor cluster
+    (``local_runtime.bench_cluster``; ``BENCH_CLUSTER=0`` skips it)."""
+    from local_runtime.bench_cluster import cluster_step
+
+    run.sections["cluster"] = out = cluster_step(run.bench, run.server, run.steps)
+    run.notes += out["lines"]
+
 
 Phase = Callable[[Run], None]
 
@@ -314,6 +322,7 @@ PHASES: tuple[tuple[str, Phase], ...] = (
     ("incremental_large", incremental_large),
     ("partitions", partitions),
     ("storage", storage),
+    ("cluster", cluster),
     ("profile", profile),
 )
 
