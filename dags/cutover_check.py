@@ -14,8 +14,8 @@ from datetime import datetime
 
 from airflow.sdk import dag, task
 
-from include.orchestration.alerts import on_task_failure
 from include.migration.entities import ORDER
+from include.orchestration.alerts import on_task_failure
 
 
 # Declared in full in its own file, where an operator reads its settings: that it has the shape of

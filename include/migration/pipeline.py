@@ -12,7 +12,7 @@ import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from types import ModuleType
 from typing import Any
 
@@ -22,7 +22,17 @@ from psycopg import sql
 from include.migration import abandoned, db, direct, runs
 from include.migration import extract as extract_mod
 from include.migration import load as load_mod
+from include.migration.accounting import (
+    AccountingMismatch,
+    account,
+    accounting_table,
+    advance_watermark,
+    enforce_quarantine_threshold,
+    fmt_rows,
+    is_direct,
+)
 from include.migration.entities import Entity, get
+from include.migration.stage_health import newer_stage_loaded, stage_gone
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +43,12 @@ DEFAULT_QUARANTINE_THRESHOLD_PCT = 0.1
 LOAD_METHODS = ("auto", "staged")
 
 
-class AccountingMismatch(RuntimeError):
-    pass
-
-
 class SchemaMismatch(RuntimeError):
-    pass
-
-
-class QuarantineThresholdExceeded(RuntimeError):
     pass
 
 
 class ReconciliationFailed(RuntimeError):
     pass
-
-
-class StaleStage(RuntimeError):
-    pass
-
-
-class StageDamaged(StaleStage):
-    """The stage holds some rows, but not what its extract wrote: not what a crash does
-    (crash recovery empties an unlogged table whole), so the load does not stage again by
-    itself. A ``StaleStage`` so callers that stop on one stop on this too."""
 
 
 @dataclass
@@ -67,10 +59,6 @@ class Conns:
     @classmethod
     def from_airflow(cls) -> Conns:
         return cls(db.dsn_for(db.LEGACY_CONN_ID), db.dsn_for(db.DEST_CONN_ID))
-
-
-def _fmt(n: int | None) -> str:
-    return "-" if n is None else f"{n:,}"
 
 
 def entity_hooks(entity: Entity) -> ModuleType | None:
@@ -249,8 +237,8 @@ def extract_partition(conns: Conns, entity_name: str, part: dict[str, Any]) -> d
             "and how to clear it.") from None
     rate = res.rows / res.seconds if res.seconds else 0.0
     log.info("%s: extracted %s rows (%.1f MB) from %s into stage %s in %.2f s, %s rows/s",
-             label, _fmt(res.rows), res.bytes / 1e6, db.describe(conns.legacy), res.stage_table,
-             res.seconds, _fmt(int(rate)))
+             label, fmt_rows(res.rows), res.bytes / 1e6, db.describe(conns.legacy), res.stage_table,
+             res.seconds, fmt_rows(int(rate)))
     extracted_at = res.snapshot_at.isoformat() if res.snapshot_at else None
     with db.connection(conns.dest) as dest:
         # A new stage: a load that had begun starts over (its merge writes no row twice).
@@ -273,8 +261,8 @@ def extract_partition(conns: Conns, entity_name: str, part: dict[str, Any]) -> d
 
 def gather_partitions(dest, entity: Entity, run: runs.Run) -> runs.Run:
     """A partitioned run's stage totals, from its partitions' records: every partition must
-    have extracted. The run's snapshot time is its oldest partition's (see ``_newer_stage_loaded``
-    and ``_advance_watermark``). Idempotent; returns the run as updated."""
+    have extracted. The run's snapshot time is its oldest partition's (see ``stage_health.newer_stage_loaded``
+    and ``accounting.advance_watermark``). Idempotent; returns the run as updated."""
     ranges = run.report.get("partitions")
     if not ranges:
         return run
@@ -319,8 +307,8 @@ def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
         for k, n in counts.items():
             by_disp[k.split(":")[0]] = by_disp.get(k.split(":")[0], 0) + n
         log.info("%s: %s rows in scope: %s loaded, %s excluded, %s quarantined; repaired: %s", entity.name,
-                 _fmt(run.stage_rows), _fmt(by_disp.get("loaded", 0)), _fmt(by_disp.get("excluded", 0)),
-                 _fmt(by_disp.get("quarantined", 0)),
+                 fmt_rows(run.stage_rows), fmt_rows(by_disp.get("loaded", 0)), fmt_rows(by_disp.get("excluded", 0)),
+                 fmt_rows(by_disp.get("quarantined", 0)),
                  ", ".join(f"{k} {v}" for k, v in repairs.items()) or "none")
         if run.dry_run:
             plan = load_mod.plan_changes(dest, entity, run.stage_table, full=run.mode == "full")
@@ -331,7 +319,7 @@ def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
             runs.update(dest, run_id, report={"dry_run_plan": plan})
             dest.commit()
             log.info("%s: DRY RUN, nothing will be written. A load would: %s", entity.name,
-                     ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in plan.items()))
+                     ", ".join(f"{k.replace('_', ' ')} {fmt_rows(v)}" for k, v in plan.items()))
             for line in accounting_table(entity.name, run.stage_rows or 0, counts):
                 log.info(line)
     return {"run_id": run_id, "dispositions": counts}
@@ -364,7 +352,7 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
             log.info("%s: run %s already loaded; nothing to do", entity.name, run_id)
             return {"run_id": run_id, **run.counts.get("load", {})}
         if not is_direct(run):
-            why = _stage_gone(dest, run) or _newer_stage_loaded(dest, run)
+            why = stage_gone(dest, run) or newer_stage_loaded(dest, run)
             if why:
                 run = _restage(conns, dest, entity, run, why)
         if run.load_progress is None and "watermark_before" not in run.report:
@@ -393,13 +381,13 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
                 after(conns, dest, entity, run)
         rate = (result.inserted + result.updated) / result.seconds if result.seconds else 0
         log.info("%s: load done: %s inserted, %s updated, %s deleted in %d chunks, %.2f s (%s rows/s written)",
-                 entity.name, _fmt(result.inserted), _fmt(result.updated), _fmt(result.deleted), result.chunks,
-                 result.seconds, _fmt(int(rate)))
+                 entity.name, fmt_rows(result.inserted), fmt_rows(result.updated), fmt_rows(result.deleted), result.chunks,
+                 result.seconds, fmt_rows(int(rate)))
         accounting = account(dest, entity, run, result)
-        _advance_watermark(dest, entity, run)
+        advance_watermark(dest, entity, run)
         runs.update(dest, run_id, status="loaded", finished_at=_now(dest), counts={"accounting": accounting})
         dest.commit()
-    _enforce_quarantine_threshold(conns, entity, run, quarantine_threshold_pct)
+    enforce_quarantine_threshold(conns.dest, entity, run, quarantine_threshold_pct)
     check_lockdown(conns)
     return {"run_id": run_id, **result.as_dict()}
 
@@ -433,10 +421,6 @@ def check_lockdown(conns: Conns) -> None:
              "migration schema private")
 
 
-def is_direct(run: runs.Run) -> bool:
-    return run.report.get("load_method") == "direct"
-
-
 def _run(dest, run_id: str) -> runs.Run:
     run = runs.get(dest, run_id)
     if run is not None and run.status == "abandoned":
@@ -447,55 +431,6 @@ def _run(dest, run_id: str) -> runs.Run:
     if run is None or run.stage_table is None:
         raise RuntimeError(f"run {run_id} has no extract; rerun the whole DAG run (clear from extract)")
     return run
-
-
-def _stage_gone(dest, run: runs.Run) -> str | None:
-    """Why the run's stage can no longer be loaded as it is (gone, or emptied by crash
-    recovery: the stage is unlogged), or None when it is whole. Raises ``StageDamaged``
-    when it holds some rows but not what the extract wrote."""
-    exists = dest.execute("SELECT to_regclass(%s)", (f"migration_stage.{run.stage_table}",)).fetchone()[0]
-    rows = dest.execute(sql.SQL("SELECT count(*) FROM {}").format(
-        sql.Identifier("migration_stage", run.stage_table))).fetchone()[0] if exists else 0
-    dest.rollback()
-    if rows == run.stage_rows:
-        return None
-    if not exists:
-        return f"its stage {run.stage_table} is gone"
-    partitions = run.report.get("partitions")
-    if rows == 0 or partitions:
-        # A partition's stage can be gone while the others are whole; staged again, all are.
-        return (f"its stage {run.stage_table} holds {rows} of the {run.stage_rows} rows the extract wrote (the "
-                "destination restarted after a crash and emptied the unlogged stage"
-                + (", or a partition's stage is gone)" if partitions else ")"))
-    raise StageDamaged(
-        f"{run.entity}: the stage {run.stage_table} holds {rows} rows, the extract wrote {run.stage_rows}. A crash "
-        "empties an unlogged stage whole, so something else changed it; staging again would hide what. Nothing "
-        "was written. Find what touched migration_stage, then clear this DAG run from its extract task.")
-
-
-def _newer_stage_loaded(dest, run: runs.Run) -> str | None:
-    """Why the run's stage is stale: another run of the entity has started to load a newer
-    snapshot of the source. None when the stage is the newest.
-
-    Extracts run outside the write lock, so of two runs at once (a nightly
-    incremental and a manual full) the one that staged first may load second;
-    so may a failed run's load retried after a later run succeeded. Loaded as it
-    is, its stage would write older rows over newer ones, behind the watermark.
-    """
-    mine = run.report.get("extracted_at")
-    if not mine:
-        return None
-    newer = dest.execute(
-        "SELECT run_id, report->>'extracted_at' FROM migration.runs WHERE entity = %s AND run_id <> %s "
-        "AND NOT dry_run AND status <> 'rolled_back' AND load_progress IS NOT NULL "
-        "AND (report->>'extracted_at')::timestamptz > %s::timestamptz "
-        "ORDER BY (report->>'extracted_at')::timestamptz DESC LIMIT 1",
-        (run.entity, run.run_id, mine)).fetchone()
-    dest.rollback()
-    if newer is None:
-        return None
-    return (f"it staged the source as of {mine}, but run {newer[0]} has already loaded it as of {newer[1]}: "
-            "loaded as it is, the stage would write older rows over newer ones")
 
 
 def _restage(conns: Conns, dest, entity: Entity, run: runs.Run, why: str) -> runs.Run:
@@ -531,126 +466,6 @@ def _restage(conns: Conns, dest, entity: Entity, run: runs.Run, why: str) -> run
     runs.update(dest, run.run_id, report={"restaged": restaged}, counts={"load": {}})
     dest.commit()
     return _run(dest, run.run_id)
-
-
-def account(dest, entity: Entity, run: runs.Run, result: load_mod.LoadResult) -> dict[str, Any]:
-    """The accounting invariant: in scope = loaded + excluded + quarantined, proven
-    against the destination; stored per reason in ``migration.run_accounting``."""
-    stage = sql.Identifier("migration_stage", run.stage_table)
-    target = sql.Identifier(entity.schema_name, entity.target_table)
-    counts = load_mod.disposition_counts(dest, run.stage_table)
-    if is_direct(run):
-        # Streamed rows never touched the stage; the table was empty before, so
-        # every row it holds is this run's.
-        streamed = run.counts["direct"]["streamed_loaded"]
-        if streamed:
-            counts["loaded:ok"] = counts.get("loaded:ok", 0) + streamed
-        counts = dict(sorted(counts.items()))
-        present = dest.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0]
-    else:
-        present = dest.execute(sql.SQL(
-            "SELECT count(*) FROM {stage} s JOIN {target} t ON t.{key} = s.{key} WHERE s._disposition = 'loaded'"
-        ).format(stage=stage, target=target, key=sql.Identifier(entity.key))).fetchone()[0]
-    total = {d: sum(n for k, n in counts.items() if k.split(":", 1)[0] == d)
-             for d in ("loaded", "excluded", "quarantined")}
-    in_ledgers = dest.execute(sql.SQL(
-        "SELECT (SELECT count(*) FROM migration.quarantine q JOIN {stage} s ON s.{key} = q.source_key::{typ} "
-        "        WHERE q.entity = %s AND s._disposition = 'quarantined'), "
-        "       (SELECT count(*) FROM migration.exclusions x JOIN {stage} s ON s.{key} = x.source_key::{typ} "
-        "        WHERE x.entity = %s AND s._disposition = 'excluded')"
-    ).format(stage=stage, key=sql.Identifier(entity.key), typ=sql.SQL(entity.key_type)),
-        (entity.name, entity.name)).fetchone()
-    problems = []
-    in_scope = run.stage_rows or 0
-    if sum(total.values()) != in_scope:
-        problems.append(f"dispositions add up to {sum(total.values())}, not the {in_scope} rows in scope")
-    if run.source_rows is not None and run.source_rows != in_scope:
-        problems.append(f"the source had {run.source_rows} rows, the stage {in_scope}")
-    if present != total["loaded"]:
-        problems.append(f"{total['loaded']} rows should be loaded but {present} are in the destination")
-    if in_ledgers[0] != total["quarantined"]:
-        problems.append(f"{total['quarantined']} quarantined but {in_ledgers[0]} in migration.quarantine")
-    if in_ledgers[1] != total["excluded"]:
-        problems.append(f"{total['excluded']} excluded but {in_ledgers[1]} in migration.exclusions")
-    dest.execute("DELETE FROM migration.run_accounting WHERE run_id = %s", (run.run_id,))
-    for key, n in counts.items():
-        disposition, reason = key.split(":", 1)
-        dest.execute("INSERT INTO migration.run_accounting (run_id, entity, disposition, reason, rows) "
-                     "VALUES (%s, %s, %s, %s, %s)", (run.run_id, entity.name, disposition, reason, n))
-    summary = {"in_scope": in_scope, **total, "present_in_destination": present,
-               "inserted": result.inserted, "updated": result.updated,
-               "unchanged": total["loaded"] - result.inserted - result.updated,
-               "deleted": result.deleted, "by_reason": counts, "balanced": not problems}
-    runs.update(dest, run.run_id, counts={"accounting": summary})
-    dest.commit()
-    for line in accounting_table(entity.name, in_scope, counts):
-        log.info(line)
-    if problems:
-        raise AccountingMismatch(f"{entity.name}: the accounting does not balance: " + "; ".join(problems))
-    log.info("%s: accounting balanced: %s in scope = %s loaded + %s excluded + %s quarantined; "
-             "all %s loaded rows are in the destination", entity.name, _fmt(in_scope), _fmt(total["loaded"]),
-             _fmt(total["excluded"]), _fmt(total["quarantined"]), _fmt(present))
-    return summary
-
-
-def accounting_table(entity: str, in_scope: int, counts: dict[str, int]) -> list[str]:
-    lines = [f"{entity} accounting", f"  {'disposition':<12} {'reason':<34} {'rows':>12}"]
-    for key in sorted(counts):
-        d, r = key.split(":", 1)
-        lines.append(f"  {d:<12} {r:<34} {counts[key]:>12,}")
-    lines.append(f"  {'in scope':<12} {'':<34} {in_scope:>12,}")
-    return lines
-
-
-def _advance_watermark(dest, entity: Entity, run: runs.Run) -> None:
-    stage = sql.Identifier("migration_stage", run.stage_table)
-    max_key_expr = sql.SQL("max({})::text").format(sql.Identifier(entity.key)) if entity.append_only \
-        else sql.SQL("NULL::text")
-    change_ts, max_key = dest.execute(sql.SQL("SELECT max(_change_ts), {} FROM {}").format(
-        max_key_expr, stage)).fetchone()
-    if is_direct(run):
-        # Streamed rows: their highest change timestamp came with the stream, their keys are in the table.
-        streamed_ts = run.counts["direct"].get("max_change_ts")
-        if streamed_ts is not None:
-            streamed_ts = datetime.fromisoformat(streamed_ts)
-            change_ts = streamed_ts if change_ts is None else max(change_ts, streamed_ts)
-        if entity.append_only:
-            table_key = dest.execute(sql.SQL("SELECT max({})::text FROM {}").format(
-                sql.Identifier(entity.key), sql.Identifier(entity.schema_name, entity.target_table))).fetchone()[0]
-            if table_key is not None and (max_key is None or int(table_key) > int(max_key)):
-                max_key = table_key
-    if run.report.get("partitions") and change_ts is not None and run.report.get("extracted_at"):
-        # The partitions read the source at different moments: a change after the oldest
-        # partition's snapshot may be in a range already read, so the next run starts there.
-        oldest = datetime.fromisoformat(run.report["extracted_at"]).astimezone(UTC).replace(tzinfo=None)
-        change_ts = min(change_ts, oldest)
-    old = runs.watermark(dest, entity.name)
-    last_key = max_key if entity.append_only else None
-    if entity.append_only and old and old.last_key and max_key and int(old.last_key) > int(max_key):
-        last_key = old.last_key
-    if change_ts is None and old is not None:
-        change_ts = old.change_ts
-    runs.set_watermark(dest, entity.name, runs.Watermark(change_ts, last_key or (old.last_key if old else None)),
-                       run.run_id)
-
-
-def _enforce_quarantine_threshold(conns: Conns, entity: Entity, run: runs.Run, threshold_pct: float) -> None:
-    with db.connection(conns.dest) as dest:
-        quarantined, total = dest.execute(sql.SQL(
-            "SELECT (SELECT count(*) FROM migration.quarantine WHERE entity = %s), "
-            "(SELECT count(*) FROM {t}) + (SELECT count(*) FROM migration.quarantine WHERE entity = %s) "
-            "+ (SELECT count(*) FROM migration.exclusions WHERE entity = %s)"
-        ).format(t=sql.Identifier(entity.schema_name, entity.target_table)),
-            (entity.name, entity.name, entity.name)).fetchone()
-    pct = 100.0 * quarantined / total if total else 0.0
-    if pct > threshold_pct:
-        raise QuarantineThresholdExceeded(
-            f"{entity.name}: {quarantined} rows are in quarantine, {pct:.3f}% of the {total} known rows, above "
-            f"the {threshold_pct}% threshold. The load and its report are written; read migration.quarantine "
-            f"(entity '{entity.name}') for the reasons. For a known-dirty source, rerun with the param "
-            f"quarantine_threshold_pct raised.")
-    log.info("%s: quarantine %d rows, %.3f%% of %d known rows (threshold %s%%)", entity.name, quarantined, pct,
-             total, threshold_pct)
 
 
 @_keeps_run_alive

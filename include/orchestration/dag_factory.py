@@ -16,6 +16,8 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from include.migration import pipeline
+from include.migration.accounting import AccountingMismatch, QuarantineThresholdExceeded
+from include.migration.stage_health import StaleStage
 from include.orchestration.alerts import on_task_failure
 from include.orchestration.assets import ENTITY_ASSETS, UPSTREAM
 
@@ -161,8 +163,8 @@ def entity_dag(name: str, doc: str | None) -> Any:
                 return pipeline.load(pipeline.Conns.from_airflow(), name, transformed["run_id"],
                                      batch_size=int(params["batch_size"]), gate=gate,
                                      quarantine_threshold_pct=float(params["quarantine_threshold_pct"]))
-            except (SchemaGateClosed, pipeline.AccountingMismatch, pipeline.QuarantineThresholdExceeded,
-                    pipeline.LockdownBroken, pipeline.StaleStage) as exc:
+            except (SchemaGateClosed, AccountingMismatch, QuarantineThresholdExceeded,
+                    pipeline.LockdownBroken, StaleStage) as exc:
                 _fail(exc)
                 raise
 

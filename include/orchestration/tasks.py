@@ -44,8 +44,8 @@ def rollback_task(run_id: str, since: bool) -> dict[str, Any]:
 def cutover_task(run_id: str) -> dict[str, Any]:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.orchestration import alerts
     from include.migration.cutover import evaluate
+    from include.orchestration import alerts
 
     verdict = evaluate(db.dsn_for(db.LEGACY_CONN_ID), db.dsn_for(db.DEST_CONN_ID), run_id)
     if not verdict.go:

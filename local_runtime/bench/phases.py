@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from local_runtime import bench_deletes
+from local_runtime.bench import deletes as bench_deletes
 from local_runtime.bench import steps as measured
 from local_runtime.bench.measure import Bench, say
 from local_runtime.bench.output import fmt_changes
@@ -277,9 +277,9 @@ STORAGE_OBJECTS = {"small": 20_000, "medium": 200_000, "large": 1_000_000}
 
 
 def storage(run: Run) -> None:
-    """The media Storage reconciliation through storage.objects (``local_runtime/bench_storage.py``),
+    """The media Storage reconciliation through storage.objects (``local_runtime/bench/storage.py``),
     in a database of its own on the same server; its figures are a report section."""
-    from local_runtime import bench_storage
+    from local_runtime.bench import storage as bench_storage
 
     b = run.bench
     objects = STORAGE_OBJECTS.get(b.scale, STORAGE_OBJECTS["small"])
@@ -291,8 +291,8 @@ def storage(run: Run) -> None:
 
 def cluster(run: Run) -> None:
     """The same backfill with 1, 2 and 4 partitions through the CeleryExecutor cluster
-    (``local_runtime.bench_cluster``; ``BENCH_CLUSTER=0`` skips it)."""
-    from local_runtime.bench_cluster import cluster_step
+    (``local_runtime.bench.cluster``; ``BENCH_CLUSTER=0`` skips it)."""
+    from local_runtime.bench.cluster import cluster_step
 
     run.sections["cluster"] = out = cluster_step(run.bench, run.server, run.steps)
     run.notes += out["lines"]

@@ -89,8 +89,8 @@ def test_full_backfill_then_nothing_changes(seeded):
 
     # The app keeps running: updates, inserts, soft and hard deletes; the nightly incremental follows.
     from include.migration.entities import get
-    from local_runtime.world import apply_changes
     from include.migration.reconcile import reconcile
+    from local_runtime.world import apply_changes
 
     changes = apply_changes(world.legacy, seed=7, fraction=0.01).changes
     for dag_id in CHAIN:

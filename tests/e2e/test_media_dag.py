@@ -25,8 +25,8 @@ def q(dsn: str, query: str, *args):
 
 @pytest.fixture
 def media_world(airflow_world, tmp_path, monkeypatch):
-    from local_runtime.world import seed
     from local_runtime.standins.storage import StorageStandIn
+    from local_runtime.world import seed
 
     root = tmp_path / "media"
     report = seed(airflow_world.legacy, scale="small", media_root=root)

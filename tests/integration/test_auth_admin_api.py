@@ -22,6 +22,7 @@ from supabase import Client, ClientOptions, create_client
 from supabase_auth.errors import AuthApiError
 
 from include.migration import pipeline
+from include.migration.bootstrap import bootstrap
 from include.supabase.auth_admin import (
     AccountRow,
     RetryPolicy,
@@ -29,7 +30,6 @@ from include.supabase.auth_admin import (
     unsupported_hash_reason,
 )
 from local_runtime.standins.auth import AuthStandIn, make_jwt
-from include.migration.bootstrap import bootstrap
 
 pytestmark = pytest.mark.integration
 

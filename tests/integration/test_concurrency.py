@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from include.migration import db, pipeline, runs
+from include.migration import db, pipeline, runs, stage_health
 from include.migration.entities import get
 from include.migration.reconcile import fingerprint
 from tests import faults
@@ -266,7 +266,7 @@ def test_a_stage_changed_by_something_else_than_a_crash_is_refused(night):
     nightly = stage(night, "nightly", "full")
     with psycopg.connect(night.dest, autocommit=True) as conn:
         conn.execute(sql.SQL("DELETE FROM {} WHERE id <= 5").format(_stage_of(night.dest, nightly)))
-    with pytest.raises(pipeline.StageDamaged, match=r"messages: the stage \w+ holds 2995 rows, the extract wrote "
+    with pytest.raises(stage_health.StageDamaged, match=r"messages: the stage \w+ holds 2995 rows, the extract wrote "
                                                     r"3000\. A crash empties an unlogged stage whole"):
         load(night, nightly, lock_wait_seconds=0)
     assert record(night.dest, nightly).load_progress is None

@@ -30,10 +30,10 @@ import pytest
 from psycopg import sql
 
 from include.migration import db, pipeline
-from local_runtime import postgres as local_pg
 from include.migration.bootstrap import bootstrap
 from include.migration.entities import get
 from include.migration.load import chunk_bounds
+from local_runtime import postgres as local_pg
 from tests import faults
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from include.migration import db, extract, pipeline
+from include.migration import accounting, db, extract, pipeline
 from include.migration.bootstrap import bootstrap
 from include.migration.entities import get
 from tests.conftest import ROOT, create_database, drop_database
@@ -271,7 +271,7 @@ def _load_into_odd_target(world) -> tuple[object, str]:
         load_mod.check_stage(dest, entity, res.stage_table)
         run = runs.get(dest, run.run_id)
         result = load_mod.load(dest, entity, run, batch_size=3, full=True)
-        pipeline.account(dest, entity, run, result)
+        accounting.account(dest, entity, run, result)
     return entity, run.run_id
 
 

@@ -30,10 +30,10 @@ from psycopg import sql
 
 from include.migration import media, media_uploads, pipeline
 from include.migration.entities import get
-from local_runtime.world import WorldReport, seed
 from include.migration.media_source import object_path
 from include.supabase.storage import ensure_bucket, list_objects
 from local_runtime.standins.storage import StorageStandIn
+from local_runtime.world import WorldReport, seed
 from tests.conftest import create_database, drop_database
 
 pytestmark = pytest.mark.integration

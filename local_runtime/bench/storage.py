@@ -22,7 +22,7 @@ API listing the reconciliation used before, over the ``real`` objects only
 ``make bench`` runs :func:`step_storage_reconcile` as its ``storage`` phase (20 k objects at
 SCALE=small, 200 k at medium, 1 M at large); on its own::
 
-    python -m local_runtime.bench_storage --objects 20000 [--pg-uri postgresql://...]
+    python -m local_runtime.bench.storage --objects 20000 [--pg-uri postgresql://...]
 """
 
 from __future__ import annotations

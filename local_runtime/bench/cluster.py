@@ -18,7 +18,7 @@ same backfill. Per run it reports:
   Airflow components.
 
 ``make bench`` runs it after its partitions step (the ``cluster`` phase of
-``local_runtime.bench.phases``; ``BENCH_CLUSTER=0`` skips it); ``python -m local_runtime.bench_cluster --scale small`` runs it alone,
+``local_runtime.bench.phases``; ``BENCH_CLUSTER=0`` skips it); ``python -m local_runtime.bench.cluster --scale small`` runs it alone,
 on a world it seeds and whose parents it loads first.
 """
 
@@ -298,7 +298,7 @@ def _main(argv: list[str]) -> int:
     from local_runtime.bench import server as bench_server
     from local_runtime.world import seed
 
-    parser = argparse.ArgumentParser(prog="python -m local_runtime.bench_cluster")
+    parser = argparse.ArgumentParser(prog="python -m local_runtime.bench.cluster")
     parser.add_argument("--scale", choices=("small", "medium", "large"), default="small")
     args = parser.parse_args(argv)
     server = bench_server.start_server()

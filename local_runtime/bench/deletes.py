@@ -11,7 +11,7 @@ time with nothing gone and with the deletes, and how many keys it listed
 against the table's rows (the work past its first pass follows the ranges that
 differ, not the table).
 
-    python -m local_runtime.bench_deletes --scale small     # standalone, its own embedded server
+    python -m local_runtime.bench.deletes --scale small     # standalone, its own embedded server
 
 In ``make bench`` it is the phase ``hard_deletes`` (``phase``, registered in
 ``local_runtime.bench.phases.PHASES`` after the incremental step (4)): on the
@@ -158,7 +158,7 @@ def _free_port() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m local_runtime.bench_deletes", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m local_runtime.bench.deletes", description=__doc__.split("\n")[0])
     parser.add_argument("--scale", choices=("small", "medium", "large"), default="small")
     args = parser.parse_args(argv)
     from include.migration import pipeline
