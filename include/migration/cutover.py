@@ -205,7 +205,7 @@ def evaluate(legacy_dsn: str, dest_dsn: str, run_id: str, *, entities: list[str]
         message_ids(legacy_dsn, dest_dsn),
     ])
     if "media" in names:  # the files as well as the rows (media_cutover.py)
-        from include.migration.media_cutover import storage_verified
+        from include.migration.media.cutover import storage_verified
 
         verdict.criteria.append(storage_verified(dest_dsn, run_id))
     verdict.report_path = str(write_report(verdict, run_id))

@@ -392,9 +392,9 @@ MEDIA = Entity(
         "(SELECT email_norm FROM user_base WHERE change_ts >= {since})"
     ),
     # bucket, object_path, mime_type, size_bytes and sha256 come from the files
-    # (include/migration/media.py); its reconcile hook checks them against Storage.
+    # (include/migration/media/hooks.py); its reconcile hook checks them against Storage.
     reconcile_columns=("id", "owner_id", "conversation_id", "message_id", "file_name", "created_at"),
-    hooks="include.migration.media",
+    hooks="include.migration.media.hooks",
     hook_reasons=(
         "file_missing", "file_path_invalid", "file_unreadable", "sha256_mismatch", "size_mismatch",
         "file_too_large", "mime_type_not_allowed", "object_path_invalid", "storage_conflict", "upload_failed",

@@ -144,7 +144,7 @@ def _restore_watermarks(conn, selected: list[tuple[str, str, Any]]) -> None:
 
 def _restore_removed_objects(conn, ids: list[str], run_id: str, storage_restorer) -> list[str]:
     """Objects these runs' cleanup removed whose rows are back: restored, else the rollback is refused."""
-    from include.migration.media_restore import objects_to_restore, record_restored
+    from include.migration.media.restore import objects_to_restore, record_restored
 
     removed = objects_to_restore(conn, ids)
     if not removed:

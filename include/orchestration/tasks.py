@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 def storage_remover():
     """Removes media objects through the Supabase client (connection ``supabase_api``)."""
-    from include.migration.media import remove_from_storage
+    from include.migration.media.hooks import remove_from_storage
 
     def remove(paths: list[str]) -> None:
         removed = remove_from_storage(paths)
@@ -27,7 +27,7 @@ def rollback_task(run_id: str, since: bool) -> dict[str, Any]:
     from include.migration.rollback import RollbackRefused, rollback
 
     try:
-        from include.migration.media_restore import restorer  # objects a rolled-back cleanup removed
+        from include.migration.media.restore import restorer  # objects a rolled-back cleanup removed
 
         result = rollback(db.dsn_for(db.DEST_CONN_ID), run_id, since=since, storage_remover=storage_remover(),
                           storage_restorer=restorer())

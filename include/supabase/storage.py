@@ -6,7 +6,7 @@ Storage's refusals mean (transient, final, "already exists"), and the checks
 a reconciliation needs (:func:`verify_object`, :func:`remote_sha256`,
 :func:`list_objects`, :func:`remove_objects`). Uploading many files is
 :mod:`include.supabase.storage_upload`; the legacy side of the files (source,
-MIME sniffing, object names) is :mod:`include.migration.media_source`.
+MIME sniffing, object names) is :mod:`include.migration.media.source`.
 
 Everything goes through the ``supabase`` client's ``client.storage`` API
 except resumable (TUS) uploads and streamed downloads of large objects: the

@@ -14,7 +14,7 @@ the S3 eTag, never the SHA-256 the migration verifies (the eTag is an MD5 only
 for single-part uploads). So it can rule a match *out* by itself, and rules
 one *in* only together with a proof the migration recorded when it
 downloaded and hashed that very version (``migration.media_object_proofs``,
-see :mod:`include.migration.media_catalog`).
+see :mod:`include.migration.media.catalog`).
 
 This module owns the SQL under ``include/sql/storage/`` and nothing else: no
 HTTP, no knowledge of the media entity beyond the table names in that SQL.

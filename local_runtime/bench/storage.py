@@ -13,7 +13,7 @@ number of ``public.media`` rows:
   never offered to the sampled download.
 
 Then it measures, each separately: the catalog comparison of every row and
-object (one FULL JOIN per key range, ``media_catalog.compare_catalog``), the
+object (one FULL JOIN per key range, ``media.catalog.compare_catalog``), the
 sampled download and SHA-256 of the ``real`` objects, and, for the ratio, the
 API listing the reconciliation used before, over the ``real`` objects only
 (extrapolated linearly to ``objects``; the real server measured 357 s for
@@ -112,10 +112,10 @@ def _seed(dest: str, client: Any, bucket: str, objects: int, real: int) -> list[
 
 def step_storage_reconcile(base_uri: str, objects: int, *, real: int = 200, data_dir: Path | None = None) -> dict:
     """Build the world on server ``base_uri`` (database ``bench_storage``), measure, return the figures."""
-    from include.migration import media_catalog
     from include.migration.bootstrap import bootstrap
-    from include.migration.media import MediaSettings
-    from include.migration.media_reconcile import RECONCILE_SAMPLE, StorageReconciliation, _hash_objects
+    from include.migration.media import catalog as media_catalog
+    from include.migration.media.hooks import MediaSettings
+    from include.migration.media.reconcile import RECONCILE_SAMPLE, StorageReconciliation, _hash_objects
     from include.supabase.storage import ensure_bucket, list_objects
     from local_runtime.standins.storage import StorageStandIn
 

@@ -137,7 +137,7 @@ def test_future_timestamps_do_not_hold_back_the_watermark(hostile):
 
 
 def test_object_path_of_an_invalid_utf8_file_name():
-    from include.migration.media_source import object_path, safe_file_name
+    from include.migration.media.source import object_path, safe_file_name
 
     owner, media = IDS["user"], "40000000-0000-4000-8000-000000000001"
     raw = b"caf\xe9 \xff\xfe report.pdf"  # Latin-1 bytes: not UTF-8

@@ -28,9 +28,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from include.migration import media, media_uploads, pipeline
+from include.migration import pipeline
 from include.migration.entities import get
-from include.migration.media_source import object_path
+from include.migration.media import hooks as media
+from include.migration.media import uploads as media_uploads
+from include.migration.media.source import object_path
 from include.supabase.storage import ensure_bucket, list_objects
 from local_runtime.standins.storage import StorageStandIn
 from local_runtime.world import WorldReport, seed

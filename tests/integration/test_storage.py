@@ -28,7 +28,7 @@ import pytest
 from storage3.exceptions import StorageApiError
 from supabase import Client, ClientOptions, create_client
 
-from include.migration.media_source import (
+from include.migration.media.source import (
     LocalMediaSource,
     MediaPathError,
     object_path,

@@ -16,8 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from include.migration import media, media_catalog
 from include.migration.cutover import evaluate
+from include.migration.media import catalog as media_catalog
+from include.migration.media import hooks as media
 from local_runtime.standins.storage import StorageStandIn
 from tests.integration.test_media_pipeline import (  # noqa: F401 - the module's seeded world, as a fixture
     SECRET,
@@ -179,7 +180,7 @@ def _quarantine_one_and_rerun(cw: MediaWorld, label: str) -> tuple[str, str, byt
 
 
 def test_rollback_puts_back_the_objects_a_later_cleanup_removed(cw: MediaWorld):
-    from include.migration.media_restore import restorer
+    from include.migration.media.restore import restorer
     from include.migration.rollback import rollback
 
     run_media(cw, "first")
@@ -193,7 +194,7 @@ def test_rollback_puts_back_the_objects_a_later_cleanup_removed(cw: MediaWorld):
 
 
 def test_rollback_refuses_when_a_removed_object_cannot_be_put_back(cw: MediaWorld):
-    from include.migration.media_restore import restorer
+    from include.migration.media.restore import restorer
     from include.migration.rollback import RollbackRefused, rollback
 
     run_media(cw, "first")

@@ -1,4 +1,4 @@
-"""The per-file decisions of the media transform (``media_source.check_file``) on files in a temporary folder:
+"""The per-file decisions of the media transform (``media.source.check_file``) on files in a temporary folder:
 what each legacy row becomes, and why."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from include.migration.media import MediaSettings, project_url
-from include.migration.media_source import LocalMediaSource, check_file
+from include.migration.media.hooks import MediaSettings, project_url
+from include.migration.media.source import LocalMediaSource, check_file
 
 OWNER = "00000000-0000-4000-8000-000000000001"
 MEDIA = "00000000-0000-4000-9000-000000000002"

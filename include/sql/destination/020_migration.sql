@@ -179,7 +179,7 @@ REVOKE ALL ON TABLE migration.assessments FROM PUBLIC;
 -- storage.objects row showed this id, version, eTag and updated_at, the
 -- object's bytes (downloaded and hashed) had this SHA-256. A later run trusts
 -- an object whose storage.objects row still shows the same version without
--- asking Storage (include/migration/media_catalog.py); any overwrite changes
+-- asking Storage (include/migration/media/catalog.py); any overwrite changes
 -- the version, so the proof no longer applies.
 CREATE TABLE IF NOT EXISTS migration.media_object_proofs (
     bucket             text NOT NULL,

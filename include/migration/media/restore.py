@@ -90,7 +90,7 @@ def _legacy_keys(legacy_dsn: str, ids: list[str]) -> dict[str, str]:
 
 def _sources(legacy_dsn: str, objects: list[RemovedObject]) -> tuple[dict[str, str], dict[str, str]]:
     """The legacy key of each object whose file still has the row's bytes, and why not for the others."""
-    from include.migration.media_source import media_source, read_file
+    from include.migration.media.source import media_source, read_file
 
     source = media_source()
     keys = _legacy_keys(legacy_dsn, [o.media_id for o in objects])
@@ -121,8 +121,8 @@ def restorer(legacy_dsn: str | None = None) -> Restorer:
     """A restorer reading the legacy media root (connection ``legacy_media``) and legacy database."""
 
     def restore(objects: list[RemovedObject]) -> Restored:
-        from include.migration.media import storage_client
-        from include.migration.media_source import media_source
+        from include.migration.media.hooks import storage_client
+        from include.migration.media.source import media_source
         from include.supabase.storage import remove_objects, verify_object
         from include.supabase.storage_upload import StorageUploader, UploadItem
 

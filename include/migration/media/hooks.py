@@ -59,13 +59,13 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from include.migration import runs
-from include.migration.media_reconcile import (
+from include.migration.media.reconcile import (
     RECONCILE_SAMPLE,
     persist_storage_reconciliation,
     reconcile_storage,
 )
-from include.migration.media_source import MediaSetupError, check_all, media_source, rate
-from include.migration.media_uploads import UploadRecorder, UploadTally, stop_if_storage_failing, upload_all
+from include.migration.media.source import MediaSetupError, check_all, media_source, rate
+from include.migration.media.uploads import UploadRecorder, UploadTally, stop_if_storage_failing, upload_all
 
 if TYPE_CHECKING:
     import psycopg
@@ -363,7 +363,7 @@ def before_merge(conns: Conns, dest: psycopg.Connection, entity: Entity, run: ru
     tally = UploadTally(files, total)
     recorder = UploadRecorder(dest, run.run_id)
     # -- storage.objects: unchanged objects skipped without a request, versions proven (media_catalog.py)
-    from include.migration import media_catalog
+    from include.migration.media import catalog as media_catalog
 
     trusted = media_catalog.skip_unchanged(dest, stage, run.run_id, settings.bucket)
     tally.outcomes["skipped_identical"] += trusted

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from include.migration import db
-from include.migration.media_source import PROGRESS_SECONDS, rate
+from include.migration.media.source import PROGRESS_SECONDS, rate
 
 if TYPE_CHECKING:
     import psycopg
 
-    from include.migration.media import MediaSettings
+    from include.migration.media.hooks import MediaSettings
     from include.migration.pipeline import Conns
     from include.supabase.storage_upload import UploadItem, UploadResult
 

@@ -33,7 +33,7 @@ from include.supabase.storage import mime_allowed
 if TYPE_CHECKING:
     import psycopg
 
-    from include.migration.media import MediaSettings
+    from include.migration.media.hooks import MediaSettings
     from include.migration.pipeline import Conns
 
 log = logging.getLogger(__name__)

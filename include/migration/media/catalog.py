@@ -1,6 +1,6 @@
 """The media entity's Storage checks at scale: read ``storage.objects``, not the HTTP listing.
 
-Three checks of :mod:`include.migration.media` go through here when the
+Three checks of :mod:`include.migration.media.hooks` go through here when the
 destination database has Storage's catalog (:func:`storage_catalog.readable`):
 
 * the reconciliation: ``public.media`` against ``storage.objects``, one FULL
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
-    from include.migration.media import MediaSettings
-    from include.migration.media_reconcile import StorageReconciliation
+    from include.migration.media.hooks import MediaSettings
+    from include.migration.media.reconcile import StorageReconciliation
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def compare_catalog(
     conn: psycopg.Connection, settings: MediaSettings, result: StorageReconciliation, sample: _Sample
 ) -> int:
     """Every row and object, range by range, into ``result``; returns the number of key ranges read."""
-    from include.migration.media_source import object_path
+    from include.migration.media.source import object_path
 
     ranges = storage_catalog.media_ranges(conn)
     for lo, hi in ranges:
@@ -113,8 +113,8 @@ def reconcile_storage(
 
     ``sample_size`` None downloads every object that passed the catalog checks.
     """
-    from include.migration.media import storage_client
-    from include.migration.media_reconcile import RECONCILE_SAMPLE, StorageReconciliation, _hash_objects
+    from include.migration.media.hooks import storage_client
+    from include.migration.media.reconcile import RECONCILE_SAMPLE, StorageReconciliation, _hash_objects
 
     started = time.perf_counter()
     with db.connection(dest_dsn, application="migration-reconcile-media") as conn:

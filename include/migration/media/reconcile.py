@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.migration import db, runs
-from include.migration.media_source import object_path
+from include.migration.media.source import object_path
 
 if TYPE_CHECKING:
-    from include.migration.media import MediaSettings
+    from include.migration.media.hooks import MediaSettings
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ def reconcile_storage(
     """Compare every ``public.media`` row with its object; None when there is nothing on either side
     to compare (no row and no upload ever recorded: Storage is not contacted). ``run_id`` seeds the sample."""
     # -- Where the destination has Storage's catalog, storage.objects by key range (media_catalog.py)
-    from include.migration import media_catalog
-    from include.migration.media import storage_client  # media imports this module: resolved late
+    from include.migration.media import catalog as media_catalog
+    from include.migration.media.hooks import storage_client  # media imports this module: resolved late
     from include.supabase.storage import list_objects
 
     if media_catalog.readable(dest_dsn):

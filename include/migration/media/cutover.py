@@ -34,7 +34,7 @@ def unproven(dest_dsn: str) -> tuple[int, list[str]] | None:
 
 
 def storage_verified(dest_dsn: str, run_id: str) -> Criterion:
-    from include.migration.media import MediaSettings, persist_storage_reconciliation, reconcile_storage
+    from include.migration.media.hooks import MediaSettings, persist_storage_reconciliation, reconcile_storage
 
     result = reconcile_storage(dest_dsn, MediaSettings(), run_id=run_id)
     if result is None:
