@@ -13,7 +13,7 @@ Criteria (each NO-GO line names its evidence):
    identity (or sequence) whose next value is above every migrated id and
    every legacy id (a quarantined message fixed later keeps its legacy id);
 7. with media in scope, Storage holds every ``public.media`` row's object and
-   nothing else, verified (``media_cutover.storage_verified``).
+   nothing else, verified (``media.cutover.storage_verified``).
 
 Before the criteria, the cutover step moves that identity above those ids
 (``advance_message_ids``): from here on the application writes messages.
