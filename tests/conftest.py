@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -21,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _STATE: dict = {}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -35,7 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
         from local_runtime import postgres as local_pg
 
         tmp = Path(tempfile.mkdtemp(prefix="migration-tests-"))
-        port = _free_port()
+        port = free_port()
         uri = local_pg.start(tmp / "pg", port, fast=True)
         _STATE["embedded"] = tmp / "pg"
     _STATE["uri"] = uri.rstrip("/")
@@ -57,6 +59,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _sqlalchemy(uri: str) -> str:
     return "postgresql+psycopg2://" + uri.split("://", 1)[1].rstrip("/")
+
+
+def run_python(*args: str, check: bool) -> subprocess.CompletedProcess[str]:
+    """``python *args`` in a fresh interpreter from the repository root, the repository
+    importable; its output captured as text."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=check,
+    )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -16,6 +16,7 @@ extract, the dry run and the reconciliation.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -129,10 +130,22 @@ class Entity:
 
 
 def transform_sql_text(entity: Entity) -> str:
-    """The entity's transform query with the shared fates CTEs inlined."""
-    return _read_sql(f"entities/{entity.name}.sql").replace(
+    """The entity's transform query with the shared fates CTEs and SQL snippets inlined."""
+    text = _read_sql(f"entities/{entity.name}.sql").replace(
         "{fates}", _read_sql("entities/_fates.sql").strip()
     )
+    return _SNIPPET.sub(lambda m: _snippet(m[1]).replace("{arg}", m[2]), text)
+
+
+# An expression more than one transform uses, written once: ``{name(arg)}`` in an entity's
+# SQL becomes ``entities/_<name>.sql`` (less its leading comment) with its ``{arg}``
+# replaced by ``arg`` (an alias or a column), before the query's own placeholders are filled.
+_SNIPPET = re.compile(r"\{(\w+)\((\w+(?:\.\w+)?)\)\}")
+
+
+def _snippet(name: str) -> str:
+    lines = _read_sql(f"entities/_{name}.sql").strip().splitlines()
+    return "\n".join(line for line in lines if not line.startswith("--"))
 
 
 @cache

@@ -5,7 +5,6 @@ checks the rendered entity table against the destination, and saves a screenshot
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -21,12 +20,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 RELATIONAL = ["users", "agents", "conversations", "messages"]
 SCREENSHOT = ROOT / ".local" / "test-artifacts" / "migration-console.png"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -48,21 +41,15 @@ def migrated(world, tmp_path, monkeypatch):
     return world, tmp_path / "reports"
 
 
-def test_the_console_in_a_browser(migrated, fresh_db, tmp_path):
+def test_the_console_in_a_browser(migrated, local_airflow_in, tmp_path):
     chromium = chromium_path()
     if chromium is None:
         pytest.skip("no chromium on this machine, and `make test` could not install it (apt-get missing or "
                     "not root): the browser test needs Debian's chromium package")
     world, reports = migrated
-    metadata = fresh_db("airflow_console")
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    af = local_airflow.LocalAirflow(
-        state_dir=tmp_path / "state",
-        sql_alchemy_conn="postgresql+psycopg2://" + metadata.split("://", 1)[1],
-        dags_folder=dags,
-        plugins_folder=ROOT / "plugins",
-        port=_free_port(),
+    af = local_airflow_in(
+        "airflow_console",
+        ROOT / "plugins",
         extra_env={"AIRFLOW_CONN_SUPABASE_DB": world.dest, "AIRFLOW_CONN_LEGACY_DB": world.legacy,
                    "MIGRATION_STATE_DIR": str(reports), "PYTHONPATH": str(ROOT)},
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import textwrap
 import time
 from pathlib import Path
@@ -35,12 +34,6 @@ runtime_probe()
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -58,18 +51,9 @@ def _wait_for_dag(client: local_airflow.AirflowClient, dag_id: str, seconds: flo
     raise AssertionError(f"{dag_id} was not served within {seconds}s")
 
 
-def test_local_airflow_serves_runs_and_stops(pg_uri: str, fresh_db, tmp_path: Path) -> None:
-    metadata = fresh_db("airflow_runtime")
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    (dags / "runtime_probe.py").write_text(textwrap.dedent(PROBE_DAG))
-    af = local_airflow.LocalAirflow(
-        state_dir=tmp_path / "state",
-        sql_alchemy_conn="postgresql+psycopg2://" + metadata.split("://", 1)[1],
-        dags_folder=dags,
-        plugins_folder=tmp_path / "plugins",
-        port=_free_port(),
-    )
+def test_local_airflow_serves_runs_and_stops(pg_uri: str, local_airflow_in, tmp_path: Path) -> None:
+    af = local_airflow_in("airflow_runtime", tmp_path / "plugins")
+    (af.dags_folder / "runtime_probe.py").write_text(textwrap.dedent(PROBE_DAG))
     seen: set[int] = set()
     try:
         client = local_airflow.start(af, timeout=200)

@@ -10,10 +10,7 @@ anything, and a security report that names every hole punched into it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -31,10 +28,10 @@ from include.migration.bootstrap import (
     destination_files,
     security_report,
 )
+from tests.conftest import run_python
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_TABLES = ("agents", "conversations", "media", "messages", "users")
 SUPABASE_ROLES = (
     "anon", "authenticated", "service_role", "authenticator", "supabase_auth_admin", "supabase_storage_admin",
@@ -254,14 +251,7 @@ def test_destination_files_are_sorted_by_name(tmp_path: Path) -> None:
 
 def test_command_line_bootstraps_and_reports(fresh_db: Callable[[str], str]) -> None:
     uri = fresh_db("cli")
-    done = subprocess.run(
-        [sys.executable, "-m", "include.migration.bootstrap", "--dsn", uri],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_python("-m", "include.migration.bootstrap", "--dsn", uri, check=False)
 
     assert done.returncode == 0, done.stderr
     assert "applied 010_supabase.sql" in done.stdout
@@ -271,14 +261,7 @@ def test_command_line_bootstraps_and_reports(fresh_db: Callable[[str], str]) -> 
 def test_command_line_report_only_exits_1_on_findings(destination: str) -> None:
     with psycopg.connect(destination) as conn:
         conn.execute("ALTER TABLE public.media DISABLE ROW LEVEL SECURITY")
-    done = subprocess.run(
-        [sys.executable, "-m", "include.migration.bootstrap", "--dsn", destination, "--report-only"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_python("-m", "include.migration.bootstrap", "--dsn", destination, "--report-only", check=False)
 
     assert done.returncode == 1, done.stderr
     assert "applied" not in done.stdout

@@ -47,6 +47,15 @@ def failing(verdict) -> dict[str, str]:
     return {c.name: c.evidence for c in verdict.criteria if not c.ok}
 
 
+def failing_after(clean, dsn: str, *statements: str, run_id: str, entities=RELATIONAL) -> dict[str, str]:
+    """Run ``statements`` on ``dsn`` (the legacy or the destination database), then a cutover
+    check: its failing criteria."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    return failing(evaluate(clean.legacy, clean.dest, run_id, entities=list(entities)))
+
+
 def test_clean_world_is_go(clean, tmp_path):
     verdict = evaluate(clean.legacy, clean.dest, "cutover-1", entities=list(RELATIONAL))
     assert verdict.go, verdict.lines()
@@ -90,17 +99,14 @@ def test_after_the_verdict_the_application_inserts_messages_above_the_migrated_i
 
 
 def test_messages_without_an_id_generator_is_nogo(clean):
-    with psycopg.connect(clean.dest, autocommit=True) as conn:
-        conn.execute("ALTER TABLE public.messages ALTER COLUMN id DROP IDENTITY")
-    bad = failing(evaluate(clean.legacy, clean.dest, "cutover-9", entities=list(RELATIONAL)))
+    bad = failing_after(clean, clean.dest, "ALTER TABLE public.messages ALTER COLUMN id DROP IDENTITY",
+                        run_id="cutover-9")
     assert list(bad) == ["application inserts messages with new ids"]
     assert "public.messages.id has no identity or sequence" in bad["application inserts messages with new ids"]
 
 
 def test_unaccounted_row_is_nogo(clean):
-    with psycopg.connect(clean.dest, autocommit=True) as conn:
-        conn.execute("DELETE FROM public.messages WHERE id = 2")
-    bad = failing(evaluate(clean.legacy, clean.dest, "cutover-2", entities=list(RELATIONAL)))
+    bad = failing_after(clean, clean.dest, "DELETE FROM public.messages WHERE id = 2", run_id="cutover-2")
     assert "messages: 2 source rows but 1 loaded" in bad["100% of rows accounted for"]
     assert "1 missing" in bad["zero reconciliation differences"]
 
@@ -116,25 +122,27 @@ def test_quarantine_over_threshold_is_nogo(clean):
 
 
 def test_reconciliation_difference_is_nogo(clean):
-    with psycopg.connect(clean.dest, autocommit=True) as conn:
-        conn.execute("UPDATE public.messages SET content = 'tampered' WHERE id = 1")
-    bad = failing(evaluate(clean.legacy, clean.dest, "cutover-4", entities=list(RELATIONAL)))
+    bad = failing_after(clean, clean.dest, "UPDATE public.messages SET content = 'tampered' WHERE id = 1",
+                        run_id="cutover-4")
     assert list(bad) == ["zero reconciliation differences"]
     assert "1 different" in bad["zero reconciliation differences"]
 
 
 def test_breaking_schema_difference_is_nogo(clean):
-    with psycopg.connect(clean.legacy, autocommit=True) as conn:
-        conn.execute("ALTER TABLE messages ADD COLUMN extra text")  # compatible: ignored
-        conn.execute("ALTER TABLE agents DROP COLUMN description")  # breaking
-    bad = failing(evaluate(clean.legacy, clean.dest, "cutover-5", entities=["users", "conversations"]))
+    bad = failing_after(
+        clean,
+        clean.legacy,
+        "ALTER TABLE messages ADD COLUMN extra text",  # compatible: ignored
+        "ALTER TABLE agents DROP COLUMN description",  # breaking
+        run_id="cutover-5",
+        entities=["users", "conversations"],
+    )
     assert list(bad) == ["zero breaking schema differences"]
     assert "legacy.agents.description:missing_column" in bad["zero breaking schema differences"]
 
 
 def test_rls_off_is_nogo(clean):
-    with psycopg.connect(clean.dest, autocommit=True) as conn:
-        conn.execute("ALTER TABLE public.messages DISABLE ROW LEVEL SECURITY")
-    bad = failing(evaluate(clean.legacy, clean.dest, "cutover-6", entities=list(RELATIONAL)))
+    bad = failing_after(clean, clean.dest, "ALTER TABLE public.messages DISABLE ROW LEVEL SECURITY",
+                        run_id="cutover-6")
     assert "public.messages" in bad["destination locked down (RLS on)"]
     assert "rls_disabled" in bad["zero breaking schema differences"]

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from include.migration.bootstrap import bootstrap
 from include.migration.entities import ENTITIES
 from include.migration.gate import SchemaGateClosed, UnknownSchemaDifference, check_load_allowed
+from include.migration.pipeline import Conns as World
 from include.migration.schema_diff import (
     BREAKING,
     COMPATIBLE,
@@ -26,15 +24,11 @@ from include.migration.schema_diff import (
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 USER = "00000000-0000-4000-8000-000000000001"
 AGENT = "00000000-0000-4000-9000-000000000001"
 
 
-@dataclass(frozen=True)
-class World:
-    legacy: str
-    dest: str
+# Every test takes `world` (tests/conftest.py): the legacy schema, empty, and a bootstrapped destination.
 
 
 def execute(dsn: str, statement: str, params: tuple = ()) -> None:
@@ -45,15 +39,6 @@ def execute(dsn: str, statement: str, params: tuple = ()) -> None:
 def rows(dsn: str, query: str, params: tuple = ()) -> list[tuple]:
     with psycopg.connect(dsn) as conn:
         return conn.execute(query, params).fetchall()
-
-
-@pytest.fixture
-def world(fresh_db) -> World:
-    legacy, dest = fresh_db("sd_legacy"), fresh_db("sd_dest")
-    with psycopg.connect(legacy, autocommit=True) as conn:
-        conn.execute((ROOT / "include/sql/legacy/schema.sql").read_bytes())
-    bootstrap(dest)
-    return World(legacy, dest)
 
 
 def check(world: World, dag_run_id: str = "manual__test") -> SchemaReport:
@@ -185,6 +170,7 @@ def test_extra_legacy_table_is_informational(world):
 # --------------------------------------------------------------------------- destination side
 
 
+# Test data: one destination change per case, alike in shape on purpose (not copied logic).
 BREAKING_DESTINATION_CHANGES = [
     pytest.param(
         "ALTER TABLE public.users ALTER COLUMN email TYPE varchar(10)",
@@ -367,6 +353,7 @@ def test_accepting_part_of_what_blocks_keeps_the_gate_closed_and_records_nothing
     assert overrides(world) == []
 
 
+# The refusals below share their setup's shape; each test is a different refusal (not copied logic).
 def test_accepting_an_unknown_or_compatible_id_is_refused(world):
     execute(world.dest, "ALTER TABLE public.messages DISABLE ROW LEVEL SECURITY")
     execute(world.dest, "ALTER TABLE public.agents ADD COLUMN color text")

@@ -3,21 +3,17 @@ exactly the expectation written for it, with its count and the planted keys in t
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from include.migration.validation import load_suite, validate_table
+from tests.conftest import run_python
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 ENTITIES = ("users", "agents", "conversations", "messages", "media")
 
 # The destination tables' columns and constraints. Each defect drops the one constraint that
@@ -81,6 +77,7 @@ CREATE TABLE media (
 
 # Clean rows with predictable ids: user n is 00000000-0000-0000-0000-<n as 12 hex digits>,
 # agents use prefix a..., conversations c..., media f...; message ids are 1..N.
+# The INSERTs are alike on purpose: test data, one per table (not copied logic).
 CLEAN_ROWS = """
 INSERT INTO users
 SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(g), 12, '0'))::uuid,
@@ -204,6 +201,7 @@ class Defect:
 
 
 DUP_USER = _user(7)
+# Test data: one planted defect per entry, alike in shape on purpose (not copied logic).
 DEFECTS = {
     "duplicate key": Defect(
         "users",
@@ -462,14 +460,7 @@ def test_importing_the_module_does_not_import_great_expectations() -> None:
         "suites = [v.load_suite(e) for e in ('users', 'agents', 'conversations', 'messages', 'media')]\n"
         "print('great_expectations' in sys.modules, len(suites))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = run_python("-c", code, check=True)
     assert done.stdout.split() == ["False", "5"]
 
 
@@ -483,14 +474,7 @@ def test_gx_logging_and_progress_bars_stay_out_of_the_task_log(destination: str)
         f"r = validate_table({_sqlalchemy_url(destination)!r}, table='users', suite=load_suite('users'))\n"
         "print(r.success)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = run_python("-c", code, check=True)
     assert done.stdout.split() == ["True"]
     gx_lines = [line for line in done.stderr.splitlines() if "great_expectations" in line]
     assert gx_lines == []

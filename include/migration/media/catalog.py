@@ -171,14 +171,12 @@ def skip_unchanged(dest: psycopg.Connection, stage: sql.Composable, run_id: str,
     """
     if not storage_catalog.readable(dest) or not _stage_has_rows(dest, stage):
         return 0
-    skipped = storage_catalog.skip_unchanged(dest, stage, run_id, bucket)
-    dest.commit()
-    log.info(
+    return _committed(
+        dest,
+        storage_catalog.skip_unchanged(dest, stage, run_id, bucket),
         "media: %s files already in Storage and identical by storage.objects and an earlier verified "
         "download of the same version; skipped without a request to Storage",
-        f"{skipped:,}",
     )
-    return skipped
 
 
 def record_proofs(dest: psycopg.Connection, stage: sql.Composable, run_id: str, bucket: str) -> int:
@@ -186,11 +184,16 @@ def record_proofs(dest: psycopg.Connection, stage: sql.Composable, run_id: str, 
     if not storage_catalog.readable(dest):
         log.info("media: the destination has no readable storage.objects; the next run checks over HTTP")
         return 0
-    proven = storage_catalog.record_proofs(dest, stage, run_id, bucket)
-    dest.commit()
-    log.info(
+    return _committed(
+        dest,
+        storage_catalog.record_proofs(dest, stage, run_id, bucket),
         "media: %s objects verified by their bytes this run; their storage.objects versions recorded in "
         "migration.media_object_proofs so an unchanged object is not downloaded again",
-        f"{proven:,}",
     )
-    return proven
+
+
+def _committed(dest: psycopg.Connection, count: int, message: str) -> int:
+    """Commit a catalog step's writes and log its count (``message`` has one %s for it)."""
+    dest.commit()
+    log.info(message, f"{count:,}")
+    return count

@@ -25,8 +25,7 @@ clock AS (
 user_base AS (
     SELECT u.*,
            lower(btrim(u.email)) AS email_norm,
-           CASE WHEN u.updated_at IS NULL OR u.updated_at < u.created_at
-                THEN u.created_at ELSE u.updated_at END AS effective_updated_at,
+           {effective_updated_at(u)} AS effective_updated_at,
            CASE WHEN u.deleted_at IS NOT NULL THEN 'soft_deleted'
                 WHEN lower(btrim(u.email)) !~ '^[^@[:space:]]+@[^@[:space:].]+(\.[^@[:space:].]+)+$'
                   OR length(btrim(u.email)) > 254
@@ -61,13 +60,7 @@ agent_fate AS (
                 THEN 'quarantined:implausible_timestamp'
                 WHEN a.tools IS NULL THEN NULL
                 -- Measured before anything parses it (see messages.sql).
-                WHEN CASE WHEN octet_length(a.tools) > 200
-                               AND length(a.tools) - length(translate(a.tools, '[{{', '')) > 100
-                          THEN (SELECT max(depth) > 100 FROM (
-                            SELECT sum(CASE WHEN b IN ('[', '{{') THEN 1 ELSE -1 END) OVER (ORDER BY n) AS depth
-                            FROM string_to_table(regexp_replace(regexp_replace(
-                                     a.tools, '"(?:[^"\\]|\\.)*"', '', 'g'), '[^][{{}}]', '', 'g'), NULL)
-                                 WITH ORDINALITY AS t (b, n)) d) END
+                WHEN {json_too_deep(a.tools)}
                 THEN 'quarantined:tools_malformed'
                 WHEN NOT pg_input_is_valid(a.tools, 'jsonb') THEN 'quarantined:tools_malformed'
                 WHEN jsonb_typeof(a.tools::jsonb) <> 'array' THEN 'quarantined:tools_malformed'

@@ -18,8 +18,7 @@ SELECT
     CASE WHEN af.problem IS NULL THEN coalesce(a.tools::jsonb, jsonb_build_array()) END AS tools,
     a.is_public,
     a.created_at AT TIME ZONE 'UTC' AS created_at,
-    (CASE WHEN a.updated_at IS NULL OR a.updated_at < a.created_at
-          THEN a.created_at ELSE a.updated_at END) AT TIME ZONE 'UTC' AS updated_at,
+    ({effective_updated_at(a)}) AT TIME ZONE 'UTC' AS updated_at,
     coalesce(split_part(af.problem, ':', 1), 'loaded') AS _disposition,
     coalesce(split_part(af.problem, ':', 2), 'ok') AS _reason,
     array_remove(ARRAY[

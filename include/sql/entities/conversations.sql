@@ -10,8 +10,7 @@ SELECT
     CASE WHEN af.id IS NOT NULL AND af.problem IS NULL THEN c.agent_id END AS agent_id,
     coalesce(nullif(btrim(c.title), ''), 'Untitled conversation') AS title,
     c.created_at AT TIME ZONE 'UTC' AS created_at,
-    (CASE WHEN c.updated_at IS NULL OR c.updated_at < c.created_at
-          THEN c.created_at ELSE c.updated_at END) AT TIME ZONE 'UTC' AS updated_at,
+    ({effective_updated_at(c)}) AT TIME ZONE 'UTC' AS updated_at,
     coalesce(split_part(cf.problem, ':', 1), 'loaded') AS _disposition,
     coalesce(split_part(cf.problem, ':', 2), 'ok') AS _reason,
     array_remove(ARRAY[

@@ -47,17 +47,12 @@ FROM (
     -- without parsing: PostgreSQL's JSON parser recurses, and past its stack
     -- limit (~10^5 levels) it fails the whole query, not the row. Only a text
     -- with more than 100 opening brackets is scanned (string literals removed,
-    -- then the running bracket count). Braces are doubled for psycopg's sql.SQL.
+    -- then the running bracket count: _json_too_deep.sql, shared with agents'
+    -- tools). Braces are doubled for psycopg's sql.SQL.
     -- (Not a LATERAL subquery: the planner put a Memoize node keyed on the
     -- metadata text over it, nearly all misses, a third of the query's time.)
     SELECT m.*,
-           CASE WHEN CASE WHEN octet_length(m.metadata) > 200
-                               AND length(m.metadata) - length(translate(m.metadata, '[{{', '')) > 100
-                          THEN (SELECT max(depth) > 100 FROM (
-                            SELECT sum(CASE WHEN b IN ('[', '{{') THEN 1 ELSE -1 END) OVER (ORDER BY n) AS depth
-                            FROM string_to_table(regexp_replace(regexp_replace(
-                                     m.metadata, '"(?:[^"\\]|\\.)*"', '', 'g'), '[^][{{}}]', '', 'g'), NULL)
-                                 WITH ORDINALITY AS t (b, n)) d) END
+           CASE WHEN {json_too_deep(m.metadata)}
                 THEN NULL
                 WHEN pg_input_is_valid(m.metadata, 'jsonb') THEN m.metadata::jsonb END AS _parsed,
            m.created_at < (SELECT earliest FROM clock) OR m.created_at > (SELECT latest FROM clock) AS _implausible_ts

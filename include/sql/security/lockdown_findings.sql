@@ -61,10 +61,17 @@ migration_relations AS (
     JOIN pipeline_schemas s ON s.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
 ),
+-- The relations whose table privileges are checked: public's tables and the
+-- pipeline schemas' relations but sequences (which have their own privileges).
+checked_relations AS (
+    SELECT oid, relation, 'public' AS schema_name FROM public_tables
+    UNION ALL
+    SELECT oid, relation, 'migration' FROM migration_relations WHERE relkind <> 'S'
+),
 -- Which privileges a role holds on a relation, by name, in a fixed order.
 held AS (
-    SELECT t.relation, r.rolname, tp.privilege, tp.ordinal, 'public' AS schema_name
-    FROM public_tables t
+    SELECT t.relation, r.rolname, tp.privilege, tp.ordinal, t.schema_name
+    FROM checked_relations t
     CROSS JOIN api_roles r
     CROSS JOIN table_privileges tp
     CROSS JOIN server
@@ -72,18 +79,6 @@ held AS (
                WHEN tp.column_capable
                THEN pg_catalog.has_any_column_privilege(r.oid, t.oid, tp.privilege)
                ELSE pg_catalog.has_table_privilege(r.oid, t.oid, tp.privilege)
-          END
-    UNION ALL
-    SELECT m.relation, r.rolname, tp.privilege, tp.ordinal, 'migration'
-    FROM migration_relations m
-    CROSS JOIN api_roles r
-    CROSS JOIN table_privileges tp
-    CROSS JOIN server
-    WHERE m.relkind <> 'S'
-      AND CASE WHEN tp.privilege = 'MAINTAIN' AND NOT server.knows_maintain THEN false
-               WHEN tp.column_capable
-               THEN pg_catalog.has_any_column_privilege(r.oid, m.oid, tp.privilege)
-               ELSE pg_catalog.has_table_privilege(r.oid, m.oid, tp.privilege)
           END
     UNION ALL
     SELECT m.relation, r.rolname, sp.privilege, sp.ordinal, 'migration'
