@@ -570,8 +570,9 @@ def run_entity(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str = "
                reconcile_after: bool = True, gate: dict | None = None,
                quarantine_threshold_pct: float = DEFAULT_QUARANTINE_THRESHOLD_PCT,
                options: dict[str, Any] | None = None, load_method: str = "auto",
-               partitions: int = 1) -> dict[str, Any]:
-    """Every step of one entity's run, in order, without Airflow (tests, benchmark)."""
+               partitions: int = 1, lock_wait_seconds: float = 60.0) -> dict[str, Any]:
+    """Every step of one entity's run, in order, without Airflow (tests, benchmark).
+    ``lock_wait_seconds``: how long the load waits for another run's write lock on the entity."""
     out = extract(conns, entity_name, dag_run_id, mode=mode, dry_run=dry_run, options=options,
                   load_method=load_method, partitions=partitions)
     run_id = out["run_id"]
@@ -580,7 +581,7 @@ def run_entity(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str = "
         finish(conns, run_id, "dry_run")
         return {"run_id": run_id, "dry_run": True}
     loaded = load(conns, entity_name, run_id, batch_size=batch_size, gate=gate,
-                  quarantine_threshold_pct=quarantine_threshold_pct)
+                  quarantine_threshold_pct=quarantine_threshold_pct, lock_wait_seconds=lock_wait_seconds)
     if validate_with_gx:
         validate(conns, entity_name, run_id)
     if reconcile_after:

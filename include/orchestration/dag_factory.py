@@ -9,6 +9,7 @@ counts) through XCom; the rows stay in the databases.
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +21,10 @@ from include.migration.accounting import AccountingMismatch, QuarantineThreshold
 from include.migration.stage_health import StaleStage
 from include.orchestration.alerts import on_task_failure
 from include.orchestration.assets import ENTITY_ASSETS, UPSTREAM
+
+# How long Airflow waits before retrying a failed entity task (a lost worker, a busy lock). Read from the
+# environment when the DAG file is parsed: an operator can shorten it (tests of the cluster's retries do).
+RETRY_DELAY = timedelta(seconds=int(os.environ.get("MIGRATION_RETRY_DELAY_SECONDS", "20")))
 
 MODES = ["incremental", "full"]
 
@@ -121,7 +126,7 @@ def entity_dag(name: str, doc: str | None) -> Any:
         tags=["migration", name],
         doc_md=doc,
         params={**entity_params(), **extra},
-        default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "on_failure_callback": on_task_failure},
+        default_args={"retries": 2, "retry_delay": RETRY_DELAY, "on_failure_callback": on_task_failure},
     )
     def migrate() -> None:
         @task

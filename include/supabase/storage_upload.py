@@ -55,6 +55,9 @@ class UploadItem:
     size: int
     sha256: str
     opener: Callable[[], BinaryIO]
+    # True: ask Storage what is at the path before sending (an object may well be there). False: the
+    # caller knows of no object there, so the upload goes first, without upsert, and only a 409 asks.
+    probe_first: bool = True
 
 
 @dataclass(frozen=True)
@@ -203,11 +206,15 @@ class StorageUploader:
         refused = self._precheck(item)
         if refused is not None:
             return refused
-        existing = self._retrying(f"info {item.object_path}", lambda: self._remote_size(item.object_path))
-        if existing is not None:
-            verdict = self._compare_existing(item, existing, tries)
-            if verdict.outcome != "conflict" or not self.overwrite:
-                return verdict
+        existing = None
+        if item.probe_first:
+            existing = self._retrying(f"info {item.object_path}", lambda: self._remote_size(item.object_path))
+            if existing is not None:
+                verdict = self._compare_existing(item, existing, tries)
+                if verdict.outcome != "conflict" or not self.overwrite:
+                    return verdict
+        # Without upsert Storage answers 409 when the path holds an object: an object expected to be new
+        # costs one request, and only a 409 asks what is there.
         try:
             self._send(item, tries, upsert=existing is not None)
         except AlreadyExists:
@@ -215,7 +222,10 @@ class StorageUploader:
             now = self._retrying(f"info {item.object_path}", lambda: self._remote_size(item.object_path))
             if now is None:
                 raise Transient("409 from Storage, yet the object is not there") from None
-            return self._compare_existing(item, now, tries)
+            verdict = self._compare_existing(item, now, tries)
+            if verdict.outcome != "conflict" or not self.overwrite:
+                return verdict
+            self._send(item, tries, upsert=True)
         mode = "resumable" if item.size > self.resumable_threshold else "standard"
         return UploadResult(item.object_path, "uploaded", f"{item.size} bytes, {mode} upload", tries.count)
 

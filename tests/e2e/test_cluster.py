@@ -42,10 +42,13 @@ ENTITY = "users"
 DAG_ID = f"migrate_{ENTITY}"
 HEARTBEAT_TIMEOUT = 20
 
+LOCK_WAIT = 10  # how long the losing sync waits for the entity's write lock (the product's default is 60 s)
 RACE_DAG = '''
 """Two syncs of one entity at once, one task on each worker (a test of the entity write lock)."""
 import pendulum
 from airflow.sdk import dag, task
+
+LOCK_WAIT = %d
 
 
 @dag(schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False, tags=["probe"],
@@ -57,7 +60,7 @@ def race_sync():
 
         conns = pipeline.Conns.from_airflow()
         return pipeline.run_entity(conns, "users", f"{dag_run.run_id}-{n}", mode="incremental",
-                                   validate_with_gx=False)
+                                   validate_with_gx=False, lock_wait_seconds=LOCK_WAIT)
 
     sync.expand(n=[1, 2])
 
@@ -111,7 +114,7 @@ def celery(pg_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
     dags.mkdir()
     for path in (ROOT / "dags").glob("*.py"):
         shutil.copy(path, dags / path.name)
-    (dags / "race_sync.py").write_text(RACE_DAG)
+    (dags / "race_sync.py").write_text(RACE_DAG % LOCK_WAIT)
     metadata = "postgresql+psycopg2://" + metadata_uri.split("://", 1)[1]
     state = tmp / "state"
     cl = local_cluster.Cluster(state_dir=state, redis_port=_free_port(), concurrency=1)
@@ -122,6 +125,7 @@ def celery(pg_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
             **cl.airflow_env(metadata),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+            "MIGRATION_RETRY_DELAY_SECONDS": "2",
             "AIRFLOW_CONN_LEGACY_DB": legacy,
             "AIRFLOW_CONN_SUPABASE_DB": dest,
             "PYTHONPATH": str(ROOT),
@@ -265,7 +269,7 @@ def test_two_syncs_racing_on_two_workers_never_write_at_once(celery: Cluster) ->
             hosts = {a["map_index"]: a["hostname"] for a in c.attempts("race_sync", run["dag_run_id"])}
             time.sleep(1)
         assert sorted(hosts.values()) == sorted(c.cluster.workers), hosts  # one sync on each worker
-        # The other sync waits for the lock (60 s) and gives up; the holder cannot finish meanwhile.
+        # The other sync waits for the lock (LOCK_WAIT) and gives up; the holder cannot finish meanwhile.
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             states = {a["map_index"]: a["state"] for a in c.attempts("race_sync", run["dag_run_id"])}

@@ -315,6 +315,14 @@ def test_full_run_moves_every_file_byte_for_byte_and_accounts_for_every_row(whol
 def test_second_run_uploads_nothing_and_writes_nothing(mw: MediaWorld):
     first = run_media(mw, "one")
     posts = mw.standin.count_requests("POST", r"^/(object/media|upload/resumable)")
+    # Into an empty bucket an object's upload is its first request: nothing asks first what is there
+    # (the info request after it is the upload's verification; a resumable upload's requests name no path).
+    seen: dict[str, list[str]] = {}
+    for r in list(mw.standin.requests):
+        seen.setdefault(re.sub(r"^/object/(info/)?media/", "", r.path), []).append(r.method)
+    posted = [methods for methods in seen.values() if "POST" in methods]
+    assert len(posted) >= first["inserted"] - 1 and all(methods[0] == "POST" for methods in posted)
+    assert posts == first["inserted"]
     second = run_media(mw, "two")
     assert (second["inserted"], second["updated"], second["deleted"]) == (0, 0, 0)
     assert mw.uploads("media:two") == {"skipped_identical": first["inserted"]}

@@ -232,7 +232,10 @@ def upload_all(
     ):
         cur.execute(
             sql.SQL(
-                "SELECT object_path, mime_type, size_bytes, sha256, storage_key FROM {} s "
+                "SELECT object_path, mime_type, size_bytes, sha256, storage_key, "
+                # an object some run put or found there is asked about first; any other is sent first
+                "EXISTS (SELECT 1 FROM migration.media_uploads p WHERE p.object_path = s.object_path "
+                "AND p.outcome <> 'failed') FROM {} s "
                 "WHERE _disposition = 'loaded' "
                 # skipped already by storage.objects (media_catalog.skip_unchanged): no request for them
                 "AND NOT EXISTS (SELECT 1 FROM migration.media_uploads u WHERE u.run_id = %s "
@@ -265,7 +268,7 @@ def upload_all(
 def _items(cur: Any, source: Any, inflight: dict[str, UploadItem]) -> Iterator[UploadItem]:
     from include.supabase.storage_upload import UploadItem
 
-    for path, mime, size, sha, key in cur:
-        item = UploadItem(path, mime, size, sha, partial(source.open, key))
+    for path, mime, size, sha, key, recorded in cur:
+        item = UploadItem(path, mime, size, sha, partial(source.open, key), probe_first=recorded)
         inflight[path] = item
         yield item
