@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,15 +102,18 @@ def _target_rows(entity: Entity) -> sql.Composable:
 
 
 def range_sums(conn, rows: sql.Composable, bucket: sql.Composable, digest: sql.Composable,
-               params: dict | None = None) -> dict[str, tuple[int, int]]:
+               params: dict | None = None, extra: Sequence[sql.Composable] = ()) -> dict[str, tuple]:
     """Row count and checksum per bucket of ``rows`` (alias ``t``), computed inside the
     database: ``bucket`` names a row's key range, ``digest`` is an md5 hex of what is
-    compared (a whole row here; only the key for the hard-delete key sets, deletes.py)."""
+    compared (a whole row here; only the key for the hard-delete key sets, deletes.py; a
+    row's outcome for a full run's change detection, changes.py). ``extra``: more
+    aggregates over the same rows, returned after the count and the checksum."""
     query = sql.SQL(
-        "SELECT {b} AS bucket, count(*), sum(('x' || left({h}, 16))::bit(64)::bigint) "
+        "SELECT {b} AS bucket, count(*), sum(('x' || left({h}, 16))::bit(64)::bigint){more} "
         "FROM ({rows}) t GROUP BY 1"
-    ).format(b=bucket, h=digest, rows=rows)
-    return {b: (n, int(s)) for b, n, s in conn.execute(query, params)}
+    ).format(b=bucket, h=digest, rows=rows,
+             more=sql.SQL("").join(sql.SQL(", {}").format(e) for e in extra))
+    return {b: (n, int(s), *more) for b, n, s, *more in conn.execute(query, params)}
 
 
 def _bucket_sums(dsn: str, rows: sql.Composable, entity: Entity) -> dict[str, tuple[int, int]]:
