@@ -64,22 +64,18 @@ def account(dest, entity: Entity, run: runs.Run, result: load_mod.LoadResult) ->
     problems = []
     in_scope = run.stage_rows or 0
     source_rows = run.source_rows
-    compared = run.report.get("changes") if run.scope.get("ranges") is not None else None
+    compared = _compared(run)
     if compared is not None:
         # Only the differing key ranges were staged: the rows of the others are accounted from
         # what the destination holds for them, which the comparison found equal to the source's.
-        equal = _equal_ranges(dest, entity, stage)
-        for k, n in equal.pop("by_reason").items():
-            counts[k] = counts.get(k, 0) + n
-        counts = dict(sorted(counts.items()))
-        for d in total:
-            total[d] += equal[d]
+        equal, by_reason = _equal_ranges(dest, entity, stage)
+        counts = {k: counts.get(k, 0) + by_reason.get(k, 0) for k in sorted({*counts, *by_reason})}
+        total = {d: n + equal[d] for d, n in total.items()}
         present += equal["loaded"]
         in_ledgers = (in_ledgers[0] + equal["quarantined"], in_ledgers[1] + equal["excluded"])
         held = sum(equal.values())
         in_scope += held
-        if source_rows is not None:
-            source_rows += compared["equal_source_rows"]
+        source_rows = None if source_rows is None else source_rows + compared["equal_source_rows"]
         if held != compared["equal_source_rows"]:
             problems.append(f"the key ranges found equal held {compared['equal_source_rows']} source rows, but the "
                             f"destination holds {held} rows and ledger entries there now")
@@ -113,7 +109,12 @@ def account(dest, entity: Entity, run: runs.Run, result: load_mod.LoadResult) ->
              fmt_rows(total["excluded"]), fmt_rows(total["quarantined"]), fmt_rows(present))
     return summary
 
-def _equal_ranges(dest, entity: Entity, stage: sql.Identifier) -> dict[str, Any]:
+def _compared(run: runs.Run) -> dict[str, Any] | None:
+    """The comparison's figures when the run staged only the differing key ranges (changes.py)."""
+    return run.report.get("changes") if run.scope.get("ranges") is not None else None
+
+
+def _equal_ranges(dest, entity: Entity, stage: sql.Identifier) -> tuple[dict[str, int], dict[str, int]]:
     """What the destination holds outside a partial stage (the key ranges a comparison found
     equal): rows of its table (loaded, reason ``ok`` as the transform gives every loaded row)
     and entries of its ledgers, counted per disposition and per "disposition:reason"."""
@@ -125,17 +126,14 @@ def _equal_ranges(dest, entity: Entity, stage: sql.Identifier) -> dict[str, Any]
     loaded = dest.execute(sql.SQL("SELECT count(*) FROM {} t WHERE {}").format(
         sql.Identifier(entity.schema_name, entity.target_table), outside(sql.SQL("t.{}").format(key)))).fetchone()[0]
     by_reason = {"loaded:ok": loaded} if loaded else {}
-    out = {"loaded": loaded, "excluded": 0, "quarantined": 0}
     for disposition, ledger, reason in (("excluded", "exclusions", "rule"), ("quarantined", "quarantine", "reason")):
-        rows = dest.execute(sql.SQL("SELECT l.{reason}, count(*) FROM migration.{ledger} l WHERE l.entity = %s "
-                                    "AND {cond} GROUP BY 1").format(
+        by_reason |= {f"{disposition}:{r}": n for r, n in dest.execute(sql.SQL(
+            "SELECT l.{reason}, count(*) FROM migration.{ledger} l WHERE l.entity = %s AND {cond} GROUP BY 1").format(
             reason=sql.Identifier(reason), ledger=sql.Identifier(ledger),
-            cond=outside(sql.SQL("l.source_key::{}").format(typ))),
-            (entity.name,)).fetchall()
-        for r, n in rows:
-            by_reason[f"{disposition}:{r}"] = n
-            out[disposition] += n
-    return {**out, "by_reason": by_reason}
+            cond=outside(sql.SQL("l.source_key::{}").format(typ))), (entity.name,))}
+    totals = {d: sum(n for k, n in by_reason.items() if k.split(":", 1)[0] == d)
+              for d in ("loaded", "excluded", "quarantined")}
+    return totals, by_reason
 
 
 def accounting_table(entity: str, in_scope: int, counts: dict[str, int]) -> list[str]:
@@ -163,7 +161,7 @@ def advance_watermark(dest, entity: Entity, run: runs.Run) -> None:
                 sql.Identifier(entity.key), sql.Identifier(entity.schema_name, entity.target_table))).fetchone()[0]
             if table_key is not None and (max_key is None or int(table_key) > int(max_key)):
                 max_key = table_key
-    compared = run.report.get("changes") if run.scope.get("ranges") is not None else None
+    compared = _compared(run)
     if compared is not None:
         # A partial stage (changes.py): the comparison saw every source row, as a whole stage would.
         if compared.get("max_change_ts"):

@@ -193,54 +193,61 @@ def compare(legacy_dsn: str, dest_dsn: str, entity: Entity) -> RangeDiff:
 
 
 def _bisect(pool: ThreadPoolExecutor, src: _Side, dst: _Side, ranges: KeyRanges, diff: RangeDiff) -> None:
-    level, within = 0, None
-    listed_budget = MAX_LISTED_ROWS
+    level, within, budget = 0, None, MAX_LISTED_ROWS
     while True:
         fs, fd = pool.submit(src.sums, level, within), pool.submit(dst.sums, level, within)
         s, d = fs.result(), fd.result()
         every = set(s) | set(d)
         differing = sorted(b for b in every if s.get(b, (0, 0))[:2] != d.get(b, (0, 0))[:2])
         if level == 0:
-            diff.top_ranges, diff.differing_top_ranges = len(every), len(differing)
-            diff.source_rows = sum(v[0] for v in s.values())
-            stamps = [v[2] for v in s.values() if v[2] is not None]
-            keys = [int(v[3]) for v in s.values() if v[3] is not None]
-            diff.max_change_ts = max(stamps) if stamps else None
-            diff.max_key = str(max(keys)) if keys else None
-            diff.top_counts = {b: (s.get(b, (0,))[0], d.get(b, (0,))[0]) for b in every}
+            _first_pass(diff, s, d, every, differing)
         diff.ranges_compared += len(every)
         diff.levels = level + 1
-        diff.equal_source_rows += sum(s[b][0] for b in every if b in s and b not in set(differing))
-        if not differing:
-            return
-
-        def rows(b: str) -> int:
-            return max(s.get(b, (0,))[0], d.get(b, (0,))[0])
-
-        isolating = len(differing) < SPLIT_WHILE_UNDER * len(every)
-        small = [b for b in differing if ranges.finest(level) or rows(b) <= LEAF_ROWS]
-        rest = [b for b in differing if b not in set(small)]
-        if rest and not isolating:
-            diff.stopped_by = (f"at level {level + 1}, {len(differing):,} of {len(every):,} ranges differed "
-                               "(a scattered change): not split further")
-        split = rest if isolating else []
-        to_list, whole = [], []
-        for b in small + ([] if isolating else rest):
-            if rows(b) <= listed_budget:
-                to_list.append(b)
-                listed_budget -= rows(b)
-            else:
-                whole.append(b)
-        for b in whole:
-            diff.ranges.append(list(ranges.bounds(level, b)))
-            diff.differing_source_rows += s.get(b, (0,))[0]
-            diff.differing_dest_rows += d.get(b, (0,))[0]
-        if to_list:
-            _list_keys(pool, src, dst, [list(ranges.bounds(level, b)) for b in to_list], diff)
+        differs = set(differing)
+        diff.equal_source_rows += sum(n for b, (n, *_) in s.items() if b not in differs)
+        split, budget = _settle(pool, src, dst, ranges, diff, level, s, d, len(every), differing, budget)
         if not split:
             return
         within = [list(ranges.bounds(level, b)) for b in split]
         level += 1
+
+
+def _first_pass(diff: RangeDiff, s: dict[str, tuple], d: dict[str, tuple], every: set[str],
+                differing: list[str]) -> None:
+    diff.top_ranges, diff.differing_top_ranges = len(every), len(differing)
+    diff.source_rows = sum(v[0] for v in s.values())
+    stamps = [v[2] for v in s.values() if v[2] is not None]
+    keys = [int(v[3]) for v in s.values() if v[3] is not None]
+    diff.max_change_ts = max(stamps) if stamps else None
+    diff.max_key = str(max(keys)) if keys else None
+    diff.top_counts = {b: (s.get(b, (0,))[0], d.get(b, (0,))[0]) for b in every}
+
+
+def _settle(pool: ThreadPoolExecutor, src: _Side, dst: _Side, ranges: KeyRanges, diff: RangeDiff, level: int,
+            s: dict[str, tuple], d: dict[str, tuple], compared: int, differing: list[str],
+            budget: int) -> tuple[list[str], int]:
+    """Decide each differing range of ``level``: split it (returned, with what is left of the
+    listing budget), list its rows' digests key by key, or stage it whole."""
+    def rows(b: str) -> int:
+        return max(s.get(b, (0,))[0], d.get(b, (0,))[0])
+
+    isolating = len(differing) < SPLIT_WHILE_UNDER * compared
+    small = [b for b in differing if ranges.finest(level) or rows(b) <= LEAF_ROWS]
+    rest = [b for b in differing if not (ranges.finest(level) or rows(b) <= LEAF_ROWS)]
+    if rest and not isolating:
+        diff.stopped_by = (f"at level {level + 1}, {len(differing):,} of {compared:,} ranges differed "
+                           "(a scattered change): not split further")
+    to_list, whole = [], []
+    for b in small + ([] if isolating else rest):
+        (to_list if rows(b) <= budget else whole).append(b)
+        budget -= rows(b) if rows(b) <= budget else 0
+    for b in whole:
+        diff.ranges.append(list(ranges.bounds(level, b)))
+        diff.differing_source_rows += s.get(b, (0,))[0]
+        diff.differing_dest_rows += d.get(b, (0,))[0]
+    if to_list:
+        _list_keys(pool, src, dst, [list(ranges.bounds(level, b)) for b in to_list], diff)
+    return (rest if isolating else []), budget
 
 
 def _list_keys(pool: ThreadPoolExecutor, src: _Side, dst: _Side, within: list[list[str]], diff: RangeDiff) -> None:

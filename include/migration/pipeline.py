@@ -146,7 +146,7 @@ def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run:
         runs.update(dest, run.run_id, report={"options": options or {}, "load_method": method,
                                               "bulk_into_empty": bulk, "changes": None})
         dest.commit()
-    if method == "staged" and scope.kind == "all" and not bulk:
+    if mode == "full" and method == "staged" and scope.kind == "all" and not bulk:
         _compare_first(conns, entity, run.run_id, scope, dry_run=dry_run, partitions=partitions,
                        detect_changes=detect_changes)
     log.info("%s: %s run %s%s; scope: %s", entity.name, mode, run.run_id, " (dry run)" if dry_run else "",
@@ -352,9 +352,11 @@ def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
         by_disp: dict[str, int] = {}
         for k, n in counts.items():
             by_disp[k.split(":")[0]] = by_disp.get(k.split(":")[0], 0) + n
-        log.info("%s: %s rows in scope: %s loaded, %s excluded, %s quarantined; repaired: %s", entity.name,
-                 fmt_rows(run.stage_rows), fmt_rows(by_disp.get("loaded", 0)), fmt_rows(by_disp.get("excluded", 0)),
-                 fmt_rows(by_disp.get("quarantined", 0)),
+        staged = " staged (the key ranges that differ; the rest compared equal)" \
+            if run.scope.get("ranges") is not None else " in scope"
+        log.info("%s: %s rows%s: %s loaded, %s excluded, %s quarantined; repaired: %s", entity.name,
+                 fmt_rows(run.stage_rows), staged, fmt_rows(by_disp.get("loaded", 0)),
+                 fmt_rows(by_disp.get("excluded", 0)), fmt_rows(by_disp.get("quarantined", 0)),
                  ", ".join(f"{k} {v}" for k, v in repairs.items()) or "none")
         if run.dry_run:
             plan = load_mod.plan_changes(dest, entity, run.stage_table, full=run.mode == "full")
