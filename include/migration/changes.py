@@ -48,7 +48,7 @@ from psycopg import sql
 from include.migration import db
 from include.migration.deletes import TOP_BIGINT_SHIFT, TOP_UUID_HEX, KeyRanges
 from include.migration.entities import Entity
-from include.migration.extract import Scope, legacy_encoding, ranges_relation, transform_query
+from include.migration.extract import Scope, in_ranges, legacy_encoding, transform_query
 from include.migration.reconcile import range_sums
 
 log = logging.getLogger(__name__)
@@ -138,19 +138,17 @@ class _Side:
                 "ELSE t._source::text END AS payload, t._change_ts AS change_ts FROM ({q}) t"
             ).format(key=key, cols=cols, q=query)
         table = sql.SQL("{} t").format(sql.Identifier(e.schema_name, e.target_table))
-        ledger_filter = sql.SQL("")
+        where, ledger_filter = sql.SQL(""), sql.SQL("")
         if within is not None:
-            table = sql.SQL("{} JOIN {} ON t.{} BETWEEN r.lo AND r.hi").format(
-                table, ranges_relation(e, within), key)
-            ledger_filter = sql.SQL(" AND EXISTS (SELECT 1 FROM {} WHERE l.source_key::{} BETWEEN r.lo AND r.hi)")\
-                .format(ranges_relation(e, within), typ)
+            where = sql.SQL(" WHERE {}").format(in_ranges(e, sql.SQL("t.{}").format(key), within))
+            ledger_filter = sql.SQL(" AND {}").format(in_ranges(e, sql.SQL("l.source_key::{}").format(typ), within))
         return sql.SQL(
-            "SELECT t.{key} AS k, 'loaded' AS disposition, 'ok' AS reason, ROW({cols})::text AS payload FROM {table} "
+            "SELECT t.{key} AS k, 'loaded' AS disposition, 'ok' AS reason, ROW({cols})::text AS payload FROM {table}{where} "
             "UNION ALL SELECT l.source_key::{typ}, 'excluded', l.rule, l.detail FROM migration.exclusions l "
             "WHERE l.entity = {name}{f} "
             "UNION ALL SELECT l.source_key::{typ}, 'quarantined', l.reason, l.source_row::text "
             "FROM migration.quarantine l WHERE l.entity = {name}{f}"
-        ).format(key=key, cols=cols, table=table, typ=typ, name=sql.Literal(e.name), f=ledger_filter)
+        ).format(key=key, cols=cols, table=table, where=where, typ=typ, name=sql.Literal(e.name), f=ledger_filter)
 
     def sums(self, level: int, within: list[list[str]] | None) -> dict[str, tuple]:
         extra: list[sql.Composable] = []

@@ -395,18 +395,16 @@ def sweep_gone(dest: psycopg.Connection, entity: Entity, table: str, run_id: str
     """Full runs: delete destination rows whose source row no longer exists (hard deletes).
     ``ranges``: the key ranges the run staged (changes.py; None: every key); only there does
     the stage say which source rows exist."""
-    from include.migration.extract import ranges_relation
+    from include.migration.extract import in_ranges
 
     stage, target, key = stage_ident(table), target_ident(entity), sql.Identifier(entity.key)
     typ = sql.SQL(entity.key_type)
-    within, ledger_within = sql.SQL(""), sql.SQL("")
+    gone = sql.SQL("NOT EXISTS (SELECT 1 FROM {} s WHERE s.{} = t.{})").format(stage, key, key)
+    ledger_within = sql.SQL("")
     if ranges is not None:
-        within = sql.SQL(" JOIN {} ON t.{} BETWEEN r.lo AND r.hi").format(ranges_relation(entity, ranges), key)
-        ledger_within = sql.SQL(" AND EXISTS (SELECT 1 FROM {} WHERE q.source_key::{} BETWEEN r.lo AND r.hi)")\
-            .format(ranges_relation(entity, ranges), typ)
-    keys = sql.SQL("SELECT t.{key} FROM {target} t{within} WHERE NOT EXISTS "
-                   "(SELECT 1 FROM {stage} s WHERE s.{key} = t.{key})").format(
-        stage=stage, key=key, target=target, within=within)
+        gone = sql.SQL("{} AND {}").format(in_ranges(entity, sql.SQL("t.{}").format(key), ranges), gone)
+        ledger_within = sql.SQL(" AND {}").format(in_ranges(entity, sql.SQL("q.source_key::{}").format(typ), ranges))
+    keys = sql.SQL("SELECT t.{} FROM {} t WHERE {}").format(key, target, gone)
     deleted = _delete_with_images(dest, entity, run_id, keys) if ranges != [] else 0
     for ledger in ("quarantine", "exclusions"):
         dest.execute(sql.SQL(
