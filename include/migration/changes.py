@@ -18,10 +18,12 @@ key range (the hard deletes' ranges, ``deletes.KeyRanges``) a count and a checks
 
 Ranges whose count or checksum differ are split into 16 and compared again while
 that isolates them (fewer than a quarter of the ranges compared differ), down to
-ranges of at most ``LEAF_ROWS`` rows, whose rows' digests are listed and compared key
-by key; a scattered change (one row in ten) stops the splitting, and its ranges are
-then listed key by key while they hold at most ``MAX_LISTED_ROWS`` rows, or staged
-whole. Only the differing ranges (or keys) are extracted, staged and merged.
+ranges of at most ``LEAF_ROWS`` rows; then (or at once, when a scattered change,
+one row in ten, makes most ranges differ) their rows are compared key by key: each
+side streams its rows' digests in key order and the two streams are merged, so
+memory holds only the keys that differ (up to ``MAX_RANGES``; past that the ranges
+are staged whole). Only the differing ranges (or keys) are extracted, staged and
+merged.
 
 A range that compares equal holds, in the destination, exactly what a staged run
 would leave there: the same rows with the same values, the same ledger rows. Rules
@@ -37,7 +39,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -55,8 +59,7 @@ log = logging.getLogger(__name__)
 
 LEAF_ROWS = 64  # a differing range with at most this many rows on either side is compared key by key
 SPLIT_WHILE_UNDER = 0.25  # split the differing ranges while fewer than this share of those compared differ
-MAX_LISTED_ROWS = 200_000  # rows listed key by key (both sides' digests in memory); past it, ranges stage whole
-MAX_RANGES = 50_000  # differing ranges (or keys) kept with the run; past it, their top-level ranges instead
+MAX_RANGES = 200_000  # differing ranges (or keys) kept with the run; past it, their top-level ranges instead
 
 
 def why_not(entity: Entity) -> str | None:
@@ -158,9 +161,15 @@ class _Side:
         return range_sums(self.conn, self.rows(within), self.ranges.bucket(level, sql.SQL("t.k")),
                           _outcome_digest(), extra=extra)
 
-    def digests(self, within: list[list[str]]) -> dict[str, str]:
-        query = sql.SQL("SELECT t.k::text, {} FROM ({}) t").format(_outcome_digest(), self.rows(within))
-        return dict(self.conn.execute(query).fetchall())
+    @contextmanager
+    def digests(self, within: list[list[str]]) -> Iterator[Iterator[tuple]]:
+        """Each row's key and outcome digest, in key order, streamed through a server-side cursor."""
+        query = sql.SQL("SELECT t.k, left({}, 16) FROM ({}) t ORDER BY t.k").format(
+            _outcome_digest(), self.rows(within))
+        with self.conn.cursor(name=f"changes_{self.entity.name}") as cur:
+            cur.itersize = 20_000
+            cur.execute(query)
+            yield iter(cur)
 
 
 def compare(legacy_dsn: str, dest_dsn: str, entity: Entity) -> RangeDiff:
@@ -191,7 +200,7 @@ def compare(legacy_dsn: str, dest_dsn: str, entity: Entity) -> RangeDiff:
 
 
 def _bisect(pool: ThreadPoolExecutor, src: _Side, dst: _Side, ranges: KeyRanges, diff: RangeDiff) -> None:
-    level, within, budget = 0, None, MAX_LISTED_ROWS
+    level, within = 0, None
     while True:
         fs, fd = pool.submit(src.sums, level, within), pool.submit(dst.sums, level, within)
         s, d = fs.result(), fd.result()
@@ -203,7 +212,7 @@ def _bisect(pool: ThreadPoolExecutor, src: _Side, dst: _Side, ranges: KeyRanges,
         diff.levels = level + 1
         differs = set(differing)
         diff.equal_source_rows += sum(n for b, (n, *_) in s.items() if b not in differs)
-        split, budget = _settle(pool, src, dst, ranges, diff, level, s, d, len(every), differing, budget)
+        split = _settle(src, dst, ranges, diff, level, s, d, len(every), differing)
         if not split:
             return
         within = [list(ranges.bounds(level, b)) for b in split]
@@ -221,43 +230,61 @@ def _first_pass(diff: RangeDiff, s: dict[str, tuple], d: dict[str, tuple], every
     diff.top_counts = {b: (s.get(b, (0,))[0], d.get(b, (0,))[0]) for b in every}
 
 
-def _settle(pool: ThreadPoolExecutor, src: _Side, dst: _Side, ranges: KeyRanges, diff: RangeDiff, level: int,
-            s: dict[str, tuple], d: dict[str, tuple], compared: int, differing: list[str],
-            budget: int) -> tuple[list[str], int]:
-    """Decide each differing range of ``level``: split it (returned, with what is left of the
-    listing budget), list its rows' digests key by key, or stage it whole."""
+def _settle(src: _Side, dst: _Side, ranges: KeyRanges, diff: RangeDiff, level: int,
+            s: dict[str, tuple], d: dict[str, tuple], compared: int, differing: list[str]) -> list[str]:
+    """Decide each differing range of ``level``: split it (the ranges returned), compare its
+    rows key by key, or (when more keys differ than a run keeps) stage it whole."""
     def rows(b: str) -> int:
         return max(s.get(b, (0,))[0], d.get(b, (0,))[0])
 
     isolating = len(differing) < SPLIT_WHILE_UNDER * compared
-    small = [b for b in differing if ranges.finest(level) or rows(b) <= LEAF_ROWS]
+    leaves = [b for b in differing if ranges.finest(level) or rows(b) <= LEAF_ROWS]
     rest = [b for b in differing if not (ranges.finest(level) or rows(b) <= LEAF_ROWS)]
     if rest and not isolating:
         diff.stopped_by = (f"at level {level + 1}, {len(differing):,} of {compared:,} ranges differed "
-                           "(a scattered change): not split further")
-    to_list, whole = [], []
-    for b in small + ([] if isolating else rest):
-        (to_list if rows(b) <= budget else whole).append(b)
-        budget -= rows(b) if rows(b) <= budget else 0
-    for b in whole:
-        diff.ranges.append(list(ranges.bounds(level, b)))
-        diff.differing_source_rows += s.get(b, (0,))[0]
-        diff.differing_dest_rows += d.get(b, (0,))[0]
-    if to_list:
-        _list_keys(pool, src, dst, [list(ranges.bounds(level, b)) for b in to_list], diff)
-    return (rest if isolating else []), budget
+                           "(a scattered change): not split further, compared key by key")
+        leaves, rest = leaves + rest, []
+    if leaves and not _list_keys(src, dst, [list(ranges.bounds(level, b)) for b in leaves], diff):
+        diff.stopped_by = (f"more than {MAX_RANGES:,} keys differ: {len(leaves):,} ranges of level {level + 1} "
+                           "staged whole")
+        for b in leaves:
+            diff.ranges.append(list(ranges.bounds(level, b)))
+            diff.differing_source_rows += s.get(b, (0,))[0]
+            diff.differing_dest_rows += d.get(b, (0,))[0]
+    return rest
 
 
-def _list_keys(pool: ThreadPoolExecutor, src: _Side, dst: _Side, within: list[list[str]], diff: RangeDiff) -> None:
-    """Compare the rows of ``within`` key by key: the differing keys become ranges of one key."""
-    fs, fd = pool.submit(src.digests, within), pool.submit(dst.digests, within)
-    s, d = fs.result(), fd.result()
-    diff.keys_listed += len(s) + len(d)
-    differing = [k for k in set(s) | set(d) if s.get(k) != d.get(k)]
-    diff.ranges += [[k, k] for k in differing]
-    diff.differing_source_rows += sum(1 for k in differing if k in s)
-    diff.differing_dest_rows += sum(1 for k in differing if k in d)
-    diff.equal_source_rows += len(s) - sum(1 for k in differing if k in s)
+def _list_keys(src: _Side, dst: _Side, within: list[list[str]], diff: RangeDiff) -> bool:
+    """Compare the rows of ``within`` key by key, both sides read in key order and merged as
+    they stream (memory holds the differing keys only): each differing key becomes a range of
+    one key. False, with nothing recorded, when more than ``MAX_RANGES`` keys differ."""
+    found: list[str] = []
+    n_src = n_dst = src_only = dst_only = equal = 0
+    with src.digests(within) as s_rows, dst.digests(within) as d_rows:
+        a, b = next(s_rows, None), next(d_rows, None)
+        while a is not None or b is not None:
+            if b is None or (a is not None and a[0] < b[0]):  # only the source has the key
+                found.append(str(a[0]))
+                src_only, n_src, a = src_only + 1, n_src + 1, next(s_rows, None)
+            elif a is None or b[0] < a[0]:  # only the destination has it
+                found.append(str(b[0]))
+                dst_only, n_dst, b = dst_only + 1, n_dst + 1, next(d_rows, None)
+            else:
+                if a[1] == b[1]:
+                    equal += 1
+                else:
+                    found.append(str(a[0]))
+                n_src, n_dst = n_src + 1, n_dst + 1
+                a, b = next(s_rows, None), next(d_rows, None)
+            if len(found) > MAX_RANGES:
+                return False
+    both = len(found) - src_only - dst_only
+    diff.keys_listed += n_src + n_dst
+    diff.ranges += [[k, k] for k in found]
+    diff.differing_source_rows += src_only + both
+    diff.differing_dest_rows += dst_only + both
+    diff.equal_source_rows += equal
+    return True
 
 
 def _coarsen(diff: RangeDiff, ranges: KeyRanges, entity: Entity) -> None:
