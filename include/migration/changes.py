@@ -146,7 +146,8 @@ class _Side:
             where = sql.SQL(" WHERE {}").format(in_ranges(e, sql.SQL("t.{}").format(key), within))
             ledger_filter = sql.SQL(" AND {}").format(in_ranges(e, sql.SQL("l.source_key::{}").format(typ), within))
         return sql.SQL(
-            "SELECT t.{key} AS k, 'loaded' AS disposition, 'ok' AS reason, ROW({cols})::text AS payload FROM {table}{where} "
+            "SELECT t.{key} AS k, 'loaded' AS disposition, 'ok' AS reason, ROW({cols})::text AS payload "
+            "FROM {table}{where} "
             "UNION ALL SELECT l.source_key::{typ}, 'excluded', l.rule, l.detail FROM migration.exclusions l "
             "WHERE l.entity = {name}{f} "
             "UNION ALL SELECT l.source_key::{typ}, 'quarantined', l.reason, l.source_row::text "

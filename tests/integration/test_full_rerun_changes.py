@@ -135,3 +135,28 @@ def test_a_full_rerun_stages_only_what_differs_and_ends_as_a_whole_stage_would(t
         quarantined = conn.execute("SELECT entity, reason FROM migration.quarantine WHERE source_row->>'user_id' = %s "
                                    "OR source_row->>'owner_id' = %s", (str(owner[0]), str(owner[0]))).fetchall()
     assert ("agents", "owner_quarantined") in quarantined and ("conversations", "user_quarantined") in quarantined
+
+
+def test_a_destination_changed_behind_the_comparison_fails_the_accounting(world, tmp_path):
+    """The rows of the ranges found equal are accounted from the destination; the accounting
+    checks them against the source rows the comparison counted there, so a destination row
+    lost between the comparison and the load does not pass unnoticed."""
+    from include.migration.accounting import AccountingMismatch
+    from local_runtime.world import seed
+
+    seed(world.legacy, scale="small", media_root=tmp_path / "media")
+    for name in ("users", "agents"):
+        pipeline.run_entity(world, name, "backfill", mode="full", validate_with_gx=False,
+                            quarantine_threshold_pct=100)
+    run_id = pipeline.extract(world, "agents", "behind", mode="full", dry_run=False)["run_id"]
+    pipeline.transform(world, "agents", run_id)
+    assert _run_changes(world.dest, run_id)["differing_ranges"] == 0
+    with psycopg.connect(world.dest) as conn:
+        conn.execute("DELETE FROM public.agents WHERE id = (SELECT min(id::text)::uuid FROM public.agents)")
+    with pytest.raises(AccountingMismatch, match="found equal held 2000 source rows, but the destination holds 1999"):
+        pipeline.load(world, "agents", run_id, quarantine_threshold_pct=100)
+
+
+def _run_changes(dest: str, run_id: str) -> dict:
+    with psycopg.connect(dest) as conn:
+        return conn.execute("SELECT report->'changes' FROM migration.runs WHERE run_id = %s", (run_id,)).fetchone()[0]
