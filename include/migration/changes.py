@@ -85,6 +85,8 @@ class RangeDiff:
     keys_listed: int = 0  # row digests listed, both sides
     source_rows: int = 0  # every source row (the snapshot's)
     equal_source_rows: int = 0  # those in ranges (or keys) found equal: accounted from the destination
+    # The checksum of those rows' outcomes (``range_sums``' sum); None when not known (ranges coarsened).
+    equal_checksum: int | None = 0
     differing_source_rows: int = 0  # those to stage
     differing_dest_rows: int = 0  # what the destination holds for them (table and ledgers)
     max_change_ts: datetime | None = None  # over every source row, as a staged run's watermark would see
@@ -98,7 +100,8 @@ class RangeDiff:
         return {"top_ranges": self.top_ranges, "differing_top_ranges": self.differing_top_ranges,
                 "ranges_compared": self.ranges_compared, "levels": self.levels, "keys_listed": self.keys_listed,
                 "differing_ranges": len(self.ranges), "source_rows": self.source_rows,
-                "equal_source_rows": self.equal_source_rows, "differing_source_rows": self.differing_source_rows,
+                "equal_source_rows": self.equal_source_rows, "equal_checksum": self.equal_checksum,
+                "differing_source_rows": self.differing_source_rows,
                 "differing_dest_rows": self.differing_dest_rows,
                 "max_change_ts": self.max_change_ts.isoformat() if self.max_change_ts else None,
                 "max_key": self.max_key, "snapshot_at": self.snapshot_at.isoformat() if self.snapshot_at else None,
@@ -127,9 +130,10 @@ class _Side:
         self.conn, self.entity, self.ranges, self.legacy = conn, entity, ranges, legacy
         self.encoding = legacy_encoding(conn) if legacy else None
 
-    def rows(self, within: list[list[str]] | None) -> sql.Composable:
+    def rows(self, within: list[list[str]] | None, *, outside: bool = False) -> sql.Composable:
         """Every row's outcome (``k``, ``disposition``, ``reason``, ``payload``; the legacy side
-        also ``change_ts``), of the keys ``within`` these inclusive ranges (None: every key)."""
+        also ``change_ts``), of the keys ``within`` these inclusive ranges (None: every key);
+        ``outside``: of the keys not in them (the destination side only)."""
         e = self.entity
         key, typ = sql.Identifier(e.key), sql.SQL(e.key_type)
         cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in e.column_names)
@@ -143,8 +147,10 @@ class _Side:
         table = sql.SQL("{} t").format(sql.Identifier(e.schema_name, e.target_table))
         where, ledger_filter = sql.SQL(""), sql.SQL("")
         if within is not None:
-            where = sql.SQL(" WHERE {}").format(in_ranges(e, sql.SQL("t.{}").format(key), within))
-            ledger_filter = sql.SQL(" AND {}").format(in_ranges(e, sql.SQL("l.source_key::{}").format(typ), within))
+            neg = sql.SQL("NOT " if outside else "")
+            where = sql.SQL(" WHERE {}{}").format(neg, in_ranges(e, sql.SQL("t.{}").format(key), within))
+            ledger_filter = sql.SQL(" AND {}{}").format(
+                neg, in_ranges(e, sql.SQL("l.source_key::{}").format(typ), within))
         return sql.SQL(
             "SELECT t.{key} AS k, 'loaded' AS disposition, 'ok' AS reason, ROW({cols})::text AS payload "
             "FROM {table}{where} "
@@ -200,6 +206,20 @@ def compare(legacy_dsn: str, dest_dsn: str, entity: Entity) -> RangeDiff:
     return diff
 
 
+def destination_outside(dest_dsn: str, entity: Entity, ranges: list[list[str]]) -> tuple[int, int, int]:
+    """What the destination holds outside ``ranges`` (the ranges a run staged), as the comparison
+    digests it: (rows and ledger entries, their checksum, the loaded rows among them). Equal to the
+    comparison's ``equal_source_rows`` and ``equal_checksum``, it is still what the source held there."""
+    with db.connection(dest_dsn, application="migration-reconcile") as conn:
+        conn.read_only = True
+        db.tune_legacy(conn)
+        side = _Side(conn, entity, KeyRanges(entity), legacy=False)
+        sums = range_sums(conn, side.rows(ranges, outside=True), sql.SQL("'all'"), _outcome_digest(),
+                          extra=[sql.SQL("count(*) FILTER (WHERE t.disposition = 'loaded')")])
+    n, checksum, loaded = sums.get("all", (0, 0, 0))
+    return n, checksum, loaded
+
+
 def _bisect(pool: ThreadPoolExecutor, src: _Side, dst: _Side, ranges: KeyRanges, diff: RangeDiff) -> None:
     level, within = 0, None
     while True:
@@ -213,6 +233,7 @@ def _bisect(pool: ThreadPoolExecutor, src: _Side, dst: _Side, ranges: KeyRanges,
         diff.levels = level + 1
         differs = set(differing)
         diff.equal_source_rows += sum(n for b, (n, *_) in s.items() if b not in differs)
+        diff.equal_checksum = (diff.equal_checksum or 0) + sum(c for b, (_, c, *_) in s.items() if b not in differs)
         split = _settle(src, dst, ranges, diff, level, s, d, len(every), differing)
         if not split:
             return
@@ -260,7 +281,7 @@ def _list_keys(src: _Side, dst: _Side, within: list[list[str]], diff: RangeDiff)
     they stream (memory holds the differing keys only): each differing key becomes a range of
     one key. False, with nothing recorded, when more than ``MAX_RANGES`` keys differ."""
     found: list[str] = []
-    n_src = n_dst = src_only = dst_only = equal = 0
+    n_src = n_dst = src_only = dst_only = equal = equal_sum = 0
     with src.digests(within) as s_rows, dst.digests(within) as d_rows:
         a, b = next(s_rows, None), next(d_rows, None)
         while a is not None or b is not None:
@@ -273,6 +294,7 @@ def _list_keys(src: _Side, dst: _Side, within: list[list[str]], diff: RangeDiff)
             else:
                 if a[1] == b[1]:
                     equal += 1
+                    equal_sum += _signed64(a[1])
                 else:
                     found.append(str(a[0]))
                 n_src, n_dst = n_src + 1, n_dst + 1
@@ -285,7 +307,14 @@ def _list_keys(src: _Side, dst: _Side, within: list[list[str]], diff: RangeDiff)
     diff.differing_source_rows += src_only + both
     diff.differing_dest_rows += dst_only + both
     diff.equal_source_rows += equal
+    diff.equal_checksum = (diff.equal_checksum or 0) + equal_sum
     return True
+
+
+def _signed64(hex16: str) -> int:
+    """A digest's first 16 hex digits as ``range_sums`` adds them up (a signed bigint)."""
+    n = int(hex16, 16)
+    return n - (1 << 64) if n >= 1 << 63 else n
 
 
 def _coarsen(diff: RangeDiff, ranges: KeyRanges, entity: Entity) -> None:
@@ -297,6 +326,7 @@ def _coarsen(diff: RangeDiff, ranges: KeyRanges, entity: Entity) -> None:
     diff.differing_source_rows = sum(diff.top_counts[b][0] for b in top)
     diff.differing_dest_rows = sum(diff.top_counts[b][1] for b in top)
     diff.equal_source_rows = diff.source_rows - diff.differing_source_rows
+    diff.equal_checksum = None
     log.info("%s: %d differing ranges, more than %d: staging their %d top-level ranges whole", entity.name,
              found, MAX_RANGES, len(top))
 

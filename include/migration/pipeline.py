@@ -573,7 +573,12 @@ def reconcile(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     from include.migration import reconcile as rec_mod
 
     entity = get(entity_name)
-    rec = rec_mod.reconcile(conns.legacy, conns.dest, entity)
+    with db.connection(conns.dest) as dest:
+        staged = _run(dest, run_id)
+    # A full run that staged only the ranges that differed: its comparison vouches for the rest.
+    ranges = staged.scope.get("ranges")
+    rec = rec_mod.reconcile(conns.legacy, conns.dest, entity, ranges=ranges,
+                            compared=staged.report.get("changes") if ranges is not None else None)
     with db.connection(conns.dest) as dest:
         # An incremental run's load deleted the rows whose source row was gone: the report says how many.
         rec.hard_deletes_applied = (_run(dest, run_id).counts.get("hard_deletes") or {}).get("deleted")
