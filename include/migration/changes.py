@@ -33,6 +33,12 @@ so its range always differs and is decided again. Rows gone from the source leav
 key only the destination knows: their range differs and the run's sweep deletes them
 there. Entities with side effects beyond their table and ledgers (users: Auth
 accounts; media: files in Storage) are not compared (``why_not``).
+
+The comparison keeps the count and checksum of the equal part's outcomes: the run's
+accounting checks the destination's rows there against the count, and its
+reconciliation (``reconcile.reconcile`` with the run's ranges) sums the destination
+outside the staged ranges (``destination_outside``) instead of running the transform
+over them again.
 """
 
 from __future__ import annotations
