@@ -63,10 +63,26 @@ def account(dest, entity: Entity, run: runs.Run, result: load_mod.LoadResult) ->
         (entity.name, entity.name)).fetchone()
     problems = []
     in_scope = run.stage_rows or 0
+    source_rows = run.source_rows
+    compared = _compared(run)
+    if compared is not None:
+        # Only the differing key ranges were staged: the rows of the others are accounted from
+        # what the destination holds for them, which the comparison found equal to the source's.
+        equal, by_reason = _equal_ranges(dest, entity, stage)
+        counts = {k: counts.get(k, 0) + by_reason.get(k, 0) for k in sorted({*counts, *by_reason})}
+        total = {d: n + equal[d] for d, n in total.items()}
+        present += equal["loaded"]
+        in_ledgers = (in_ledgers[0] + equal["quarantined"], in_ledgers[1] + equal["excluded"])
+        held = sum(equal.values())
+        in_scope += held
+        source_rows = None if source_rows is None else source_rows + compared["equal_source_rows"]
+        if held != compared["equal_source_rows"]:
+            problems.append(f"the key ranges found equal held {compared['equal_source_rows']} source rows, but the "
+                            f"destination holds {held} rows and ledger entries there now")
     if sum(total.values()) != in_scope:
         problems.append(f"dispositions add up to {sum(total.values())}, not the {in_scope} rows in scope")
-    if run.source_rows is not None and run.source_rows != in_scope:
-        problems.append(f"the source had {run.source_rows} rows, the stage {in_scope}")
+    if source_rows is not None and source_rows != in_scope:
+        problems.append(f"the source had {source_rows} rows, the stage {in_scope}")
     if present != total["loaded"]:
         problems.append(f"{total['loaded']} rows should be loaded but {present} are in the destination")
     if in_ledgers[0] != total["quarantined"]:
@@ -93,6 +109,33 @@ def account(dest, entity: Entity, run: runs.Run, result: load_mod.LoadResult) ->
              fmt_rows(total["excluded"]), fmt_rows(total["quarantined"]), fmt_rows(present))
     return summary
 
+def _compared(run: runs.Run) -> dict[str, Any] | None:
+    """The comparison's figures when the run staged only the differing key ranges (changes.py)."""
+    return run.report.get("changes") if run.scope.get("ranges") is not None else None
+
+
+def _equal_ranges(dest, entity: Entity, stage: sql.Identifier) -> tuple[dict[str, int], dict[str, int]]:
+    """What the destination holds outside a partial stage (the key ranges a comparison found
+    equal): rows of its table (loaded, reason ``ok`` as the transform gives every loaded row)
+    and entries of its ledgers, counted per disposition and per "disposition:reason"."""
+    key, typ = sql.Identifier(entity.key), sql.SQL(entity.key_type)
+
+    def outside(ref: sql.Composable) -> sql.Composable:
+        return sql.SQL("NOT EXISTS (SELECT 1 FROM {} s WHERE s.{} = {})").format(stage, key, ref)
+
+    loaded = dest.execute(sql.SQL("SELECT count(*) FROM {} t WHERE {}").format(
+        sql.Identifier(entity.schema_name, entity.target_table), outside(sql.SQL("t.{}").format(key)))).fetchone()[0]
+    by_reason = {"loaded:ok": loaded} if loaded else {}
+    for disposition, ledger, reason in (("excluded", "exclusions", "rule"), ("quarantined", "quarantine", "reason")):
+        by_reason |= {f"{disposition}:{r}": n for r, n in dest.execute(sql.SQL(
+            "SELECT l.{reason}, count(*) FROM migration.{ledger} l WHERE l.entity = %s AND {cond} GROUP BY 1").format(
+            reason=sql.Identifier(reason), ledger=sql.Identifier(ledger),
+            cond=outside(sql.SQL("l.source_key::{}").format(typ))), (entity.name,))}
+    totals = {d: sum(n for k, n in by_reason.items() if k.split(":", 1)[0] == d)
+              for d in ("loaded", "excluded", "quarantined")}
+    return totals, by_reason
+
+
 def accounting_table(entity: str, in_scope: int, counts: dict[str, int]) -> list[str]:
     lines = [f"{entity} accounting", f"  {'disposition':<12} {'reason':<34} {'rows':>12}"]
     for key in sorted(counts):
@@ -118,9 +161,18 @@ def advance_watermark(dest, entity: Entity, run: runs.Run) -> None:
                 sql.Identifier(entity.key), sql.Identifier(entity.schema_name, entity.target_table))).fetchone()[0]
             if table_key is not None and (max_key is None or int(table_key) > int(max_key)):
                 max_key = table_key
-    if run.report.get("partitions") and change_ts is not None and run.report.get("extracted_at"):
-        # The partitions read the source at different moments: a change after the oldest
-        # partition's snapshot may be in a range already read, so the next run starts there.
+    compared = _compared(run)
+    if compared is not None:
+        # A partial stage (changes.py): the comparison saw every source row, as a whole stage would.
+        if compared.get("max_change_ts"):
+            seen = datetime.fromisoformat(compared["max_change_ts"])
+            change_ts = seen if change_ts is None else max(change_ts, seen)
+        if entity.append_only and compared.get("max_key") is not None:
+            max_key = compared["max_key"] if max_key is None else str(max(int(max_key), int(compared["max_key"])))
+    if (run.report.get("partitions") or compared is not None) and change_ts is not None \
+            and run.report.get("extracted_at"):
+        # The partitions (or the comparison and the stage) read the source at different moments: a
+        # change after the oldest snapshot may be in a range already read, so the next run starts there.
         oldest = datetime.fromisoformat(run.report["extracted_at"]).astimezone(UTC).replace(tzinfo=None)
         change_ts = min(change_ts, oldest)
     old = runs.watermark(dest, entity.name)

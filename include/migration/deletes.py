@@ -72,7 +72,7 @@ def _sql(name: str) -> str:
     return (SQL_DIR / name).read_text()
 
 
-class _Ranges:
+class KeyRanges:
     """Key ranges by level: bigint keys by their high bits (``k >> shift``), uuids by
     their leading hex digits; level N+1 splits each range of level N into 16."""
 
@@ -103,7 +103,7 @@ class _Ranges:
 class _Side:
     """One database's key set, read per range."""
 
-    def __init__(self, conn: psycopg.Connection, entity: Entity, ranges: _Ranges, tables: list[sql.Composable],
+    def __init__(self, conn: psycopg.Connection, entity: Entity, ranges: KeyRanges, tables: list[sql.Composable],
                  ledgers: bool):
         self.conn, self.entity, self.ranges = conn, entity, ranges
         self.tables, self.ledgers = tables, ledgers
@@ -157,7 +157,7 @@ def compare_keys(legacy_dsn: str, dest_dsn: str, entity: Entity, *, source_schem
     """The keys the destination knows (table and ledgers) that the source no longer has, and
     the reverse; see the module docstring."""
     started = time.perf_counter()
-    ranges = _Ranges(entity)
+    ranges = KeyRanges(entity)
     diff = KeyDiff(entity.name)
     target = sql.Identifier(entity.schema_name, entity.target_table)
     with db.connection(legacy_dsn, application="migration-deletes") as legacy, \

@@ -380,29 +380,53 @@ def load(dest: psycopg.Connection, entity: Entity, run: runs.Run, *, batch_size:
                  f"{int((ins + upd) / seconds):,}" if seconds else "-")
         after = hi
     if full:
-        result.deleted += sweep_gone(dest, entity, table, run.run_id)
+        ranges = run.scope.get("ranges")
+        result.deleted += sweep_gone(dest, entity, table, run.run_id, ranges)
+        if ranges is not None:
+            refresh_quarantine_seen(dest, entity, table, run.run_id)
     result.seconds += time.perf_counter() - started
     runs.update(dest, run.run_id, counts={"load": result.as_dict()})
     dest.commit()
     return result
 
 
-def sweep_gone(dest: psycopg.Connection, entity: Entity, table: str, run_id: str) -> int:
-    """Full runs: delete destination rows whose source row no longer exists (hard deletes)."""
+def sweep_gone(dest: psycopg.Connection, entity: Entity, table: str, run_id: str,
+               ranges: list[list[str]] | None = None) -> int:
+    """Full runs: delete destination rows whose source row no longer exists (hard deletes).
+    ``ranges``: the key ranges the run staged (changes.py; None: every key); only there does
+    the stage say which source rows exist."""
+    from include.migration.extract import in_ranges
+
     stage, target, key = stage_ident(table), target_ident(entity), sql.Identifier(entity.key)
-    keys = sql.SQL("SELECT t.{key} FROM {target} t WHERE NOT EXISTS "
-                   "(SELECT 1 FROM {stage} s WHERE s.{key} = t.{key})").format(stage=stage, key=key, target=target)
-    deleted = _delete_with_images(dest, entity, run_id, keys)
+    typ = sql.SQL(entity.key_type)
+    gone = sql.SQL("NOT EXISTS (SELECT 1 FROM {} s WHERE s.{} = t.{})").format(stage, key, key)
+    ledger_within = sql.SQL("")
+    if ranges is not None:
+        gone = sql.SQL("{} AND {}").format(in_ranges(entity, sql.SQL("t.{}").format(key), ranges), gone)
+        ledger_within = sql.SQL(" AND {}").format(in_ranges(entity, sql.SQL("q.source_key::{}").format(typ), ranges))
+    keys = sql.SQL("SELECT t.{} FROM {} t WHERE {}").format(key, target, gone)
+    deleted = _delete_with_images(dest, entity, run_id, keys) if ranges != [] else 0
     for ledger in ("quarantine", "exclusions"):
         dest.execute(sql.SQL(
             "DELETE FROM migration.{ledger} q WHERE q.entity = {entity} AND NOT EXISTS "
-            "(SELECT 1 FROM {stage} s WHERE s.{key} = q.source_key::{typ})"
+            "(SELECT 1 FROM {stage} s WHERE s.{key} = q.source_key::{typ}){within}"
         ).format(ledger=sql.Identifier(ledger), entity=sql.Literal(entity.name), stage=stage, key=key,
-                 typ=sql.SQL(entity.key_type)))
+                 typ=typ, within=ledger_within))
     if deleted:
         log.info("%s: %d destination rows deleted, their source rows are gone (hard deletes)", entity.name, deleted)
     dest.commit()
     return deleted
+
+
+def refresh_quarantine_seen(dest: psycopg.Connection, entity: Entity, table: str, run_id: str) -> None:
+    """A run that staged only the differing key ranges (changes.py): the quarantined rows of the
+    equal ranges were seen again by this run, as a run staging every row would record them
+    (``record_ledgers``: the run that saw a row last, and when)."""
+    dest.execute(sql.SQL(
+        "UPDATE migration.quarantine q SET run_id = {run}, last_seen_at = now() WHERE q.entity = {entity} "
+        "AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE s.{key} = q.source_key::{typ})"
+    ).format(run=sql.Literal(run_id), entity=sql.Literal(entity.name), stage=stage_ident(table),
+             key=sql.Identifier(entity.key), typ=sql.SQL(entity.key_type)))
 
 
 def record_ledgers(dest: psycopg.Connection, entity: Entity, table: str, run_id: str) -> None:

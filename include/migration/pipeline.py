@@ -92,12 +92,13 @@ def _keeps_run_alive(step: Callable[..., dict[str, Any]]) -> Callable[..., dict[
 
 
 def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run: bool,
-            options: dict[str, Any] | None = None, load_method: str = "auto", partitions: int = 1) -> dict[str, Any]:
+            options: dict[str, Any] | None = None, load_method: str = "auto", partitions: int = 1,
+            detect_changes: bool = True) -> dict[str, Any]:
     """``plan`` and every partition's ``extract_partition``, in one call (tests, the benchmark;
     the DAG runs the partitions as mapped tasks). Partitions run side by side in threads, as
     mapped tasks on separate workers would."""
     parts = plan(conns, entity_name, dag_run_id, mode=mode, dry_run=dry_run, options=options,
-                 load_method=load_method, partitions=partitions)
+                 load_method=load_method, partitions=partitions, detect_changes=detect_changes)
     if len(parts) == 1:
         return extract_partition(conns, entity_name, parts[0])
     from concurrent.futures import ThreadPoolExecutor
@@ -109,14 +110,18 @@ def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_r
 
 
 def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run: bool,
-         options: dict[str, Any] | None = None, load_method: str = "auto", partitions: int = 1) -> list[dict]:
+         options: dict[str, Any] | None = None, load_method: str = "auto", partitions: int = 1,
+         detect_changes: bool = True) -> list[dict]:
     """Start (or resume) the run: its scope, how it loads, and its partitions.
 
     Returns one small descriptor per partition, for ``extract_partition`` (the DAG maps
     its extract task over them). ``options``: the entity's own params (see
     ``entity_hooks``), kept with the run for its later steps. ``load_method``: see
     ``LOAD_METHODS``. ``partitions``: how many key ranges extract side by side; more
-    than one always stages (a direct load is one stream in one transaction)."""
+    than one always stages (a direct load is one stream in one transaction). ``detect_changes``:
+    a full, staged, single-partition run over a populated destination first compares the
+    source and the destination per key range and stages only the ranges that differ
+    (changes.py); False stages every row."""
     if load_method not in LOAD_METHODS:
         raise ValueError(f"load_method={load_method!r}: expected one of {', '.join(LOAD_METHODS)}")
     if partitions < 1:
@@ -139,8 +144,11 @@ def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run:
         bulk = method == "staged" and partitions > 1 and load_method == "auto" and scope.kind == "all" \
             and not dry_run and direct.eligibility(dest, entity) is None
         runs.update(dest, run.run_id, report={"options": options or {}, "load_method": method,
-                                              "bulk_into_empty": bulk})
+                                              "bulk_into_empty": bulk, "changes": None})
         dest.commit()
+    if mode == "full" and method == "staged" and scope.kind == "all" and not bulk:
+        _compare_first(conns, entity, run.run_id, scope, dry_run=dry_run, partitions=partitions,
+                       detect_changes=detect_changes)
     log.info("%s: %s run %s%s; scope: %s", entity.name, mode, run.run_id, " (dry run)" if dry_run else "",
              scope.describe())
     descriptor = {"run_id": run.run_id, "scope": scope.kind, "load_method": method}
@@ -148,7 +156,7 @@ def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run:
         table = extract_mod.stage_name(run.run_id)
         with db.connection(conns.dest) as dest:
             extract_mod.create_stage(dest, entity, table)
-            runs.update(dest, run.run_id, scope=scope.as_dict(), stage_table=table, stage_rows=None,
+            runs.update(dest, run.run_id, scope=_scope_record(scope), stage_table=table, stage_rows=None,
                         source_rows=None, load_progress=None, report={"partitions": None})
             dest.commit()
         log.info("%s: %s.%s is empty, so the load will stream the transformed source straight into it "
@@ -169,7 +177,7 @@ def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run:
             # The run's stage: empty itself, the parent of every partition's stage.
             extract_mod.create_stage(dest, entity, table)
             extract_mod.index_stage(dest, entity, table)
-        runs.update(dest, run.run_id, scope=scope.as_dict(), stage_table=table, stage_rows=None,
+        runs.update(dest, run.run_id, scope=_scope_record(scope), stage_table=table, stage_rows=None,
                     source_rows=None, load_progress=None, counts={"partitions": {}},
                     report={"partitions": [list(r) for r in ranges] if len(ranges) > 1 else None})
         dest.commit()
@@ -182,6 +190,38 @@ def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run:
     if len(ranges) == 1:
         return [descriptor]
     return [{**descriptor, "partition": i, "of": len(ranges), "key_range": list(r)} for i, r in enumerate(ranges)]
+
+
+def _scope_record(scope: extract_mod.Scope) -> dict[str, Any]:
+    """The scope as the run keeps it: merged into the record, so ``ranges`` is always written
+    (a resumed run's earlier comparison must not outlive a plan that made none)."""
+    return {**scope.as_dict(), "ranges": scope.ranges}
+
+
+def _compare_first(conns: Conns, entity: Entity, run_id: str, scope: extract_mod.Scope, *, dry_run: bool,
+                   partitions: int, detect_changes: bool) -> None:
+    """A full run over a populated destination: narrow ``scope`` to the key ranges that differ
+    (changes.py), and keep the comparison's figures with the run; or log why every row is staged."""
+    from include.migration import changes
+
+    why_not = (changes.why_not(entity) or ("the detect_changes param is off" if not detect_changes else None)
+               or ("a dry run compares the whole stage with the destination" if dry_run else None)
+               or (f"partitions={partitions}: the partitions extract every row side by side"
+                   if partitions > 1 else None))
+    if why_not is None:
+        with db.connection(conns.dest) as dest:
+            if not dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+                    sql.Identifier(entity.schema_name, entity.target_table))).fetchone()[0]:
+                why_not = f"{entity.schema_name}.{entity.target_table} is empty: every row is new"
+    if why_not is not None:
+        log.info("%s: change detection off, every source row is staged: %s", entity.name, why_not)
+        return
+    diff = changes.compare(conns.legacy, conns.dest, entity)
+    scope.ranges = diff.ranges
+    with db.connection(conns.dest) as dest:
+        runs.update(dest, run_id, report={"changes": diff.as_dict()})
+        dest.commit()
+    log.info("%s: change detection: %s", entity.name, diff.summary())
 
 
 def _why_staged(dest, entity: Entity, scope: extract_mod.Scope, *, dry_run: bool, load_method: str,
@@ -239,7 +279,13 @@ def extract_partition(conns: Conns, entity_name: str, part: dict[str, Any]) -> d
     log.info("%s: extracted %s rows (%.1f MB) from %s into stage %s in %.2f s, %s rows/s",
              label, fmt_rows(res.rows), res.bytes / 1e6, db.describe(conns.legacy), res.stage_table,
              res.seconds, fmt_rows(int(rate)))
-    extracted_at = res.snapshot_at.isoformat() if res.snapshot_at else None
+    snapshot_at = res.snapshot_at
+    compared_at = (run.report.get("changes") or {}).get("snapshot_at")
+    if compared_at is not None:
+        # The ranges found equal were read in the comparison's snapshot, before this one.
+        compared = datetime.fromisoformat(compared_at)
+        snapshot_at = compared if snapshot_at is None else min(snapshot_at, compared)
+    extracted_at = snapshot_at.isoformat() if snapshot_at else None
     with db.connection(conns.dest) as dest:
         # A new stage: a load that had begun starts over (its merge writes no row twice).
         if partition is None:
@@ -306,9 +352,11 @@ def transform(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
         by_disp: dict[str, int] = {}
         for k, n in counts.items():
             by_disp[k.split(":")[0]] = by_disp.get(k.split(":")[0], 0) + n
-        log.info("%s: %s rows in scope: %s loaded, %s excluded, %s quarantined; repaired: %s", entity.name,
-                 fmt_rows(run.stage_rows), fmt_rows(by_disp.get("loaded", 0)), fmt_rows(by_disp.get("excluded", 0)),
-                 fmt_rows(by_disp.get("quarantined", 0)),
+        staged = " staged (the key ranges that differ; the rest compared equal)" \
+            if run.scope.get("ranges") is not None else " in scope"
+        log.info("%s: %s rows%s: %s loaded, %s excluded, %s quarantined; repaired: %s", entity.name,
+                 fmt_rows(run.stage_rows), staged, fmt_rows(by_disp.get("loaded", 0)),
+                 fmt_rows(by_disp.get("excluded", 0)), fmt_rows(by_disp.get("quarantined", 0)),
                  ", ".join(f"{k} {v}" for k, v in repairs.items()) or "none")
         if run.dry_run:
             plan = load_mod.plan_changes(dest, entity, run.stage_table, full=run.mode == "full")
@@ -445,6 +493,12 @@ def _restage(conns: Conns, dest, entity: Entity, run: runs.Run, why: str) -> run
     not written twice."""
     log.warning("%s: run %s: %s. Staging its scope again from the source (the load's merge starts over from "
                 "its first chunk; rows already merged are compared, not written twice)", entity.name, run.run_id, why)
+    if run.scope.get("ranges") is not None:
+        # The key ranges found equal were compared before the newer stage was loaded: stage them all.
+        log.warning("%s: run %s: its comparison of key ranges is older than that; every source row is staged",
+                    entity.name, run.run_id)
+        runs.update(dest, run.run_id, scope={"ranges": None}, report={"changes": None})
+        dest.commit()
     descriptor = {"run_id": run.run_id, "scope": run.scope.get("kind", "all"), "load_method": "staged"}
     ranges = run.report.get("partitions")
     parts: list[dict[str, Any]] = [descriptor]
@@ -519,7 +573,12 @@ def reconcile(conns: Conns, entity_name: str, run_id: str) -> dict[str, Any]:
     from include.migration import reconcile as rec_mod
 
     entity = get(entity_name)
-    rec = rec_mod.reconcile(conns.legacy, conns.dest, entity)
+    with db.connection(conns.dest) as dest:
+        staged = _run(dest, run_id)
+    # A full run that staged only the ranges that differed: its comparison vouches for the rest.
+    ranges = staged.scope.get("ranges")
+    rec = rec_mod.reconcile(conns.legacy, conns.dest, entity, ranges=ranges,
+                            compared=staged.report.get("changes") if ranges is not None else None)
     with db.connection(conns.dest) as dest:
         # An incremental run's load deleted the rows whose source row was gone: the report says how many.
         rec.hard_deletes_applied = (_run(dest, run_id).counts.get("hard_deletes") or {}).get("deleted")
@@ -570,11 +629,12 @@ def run_entity(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str = "
                reconcile_after: bool = True, gate: dict | None = None,
                quarantine_threshold_pct: float = DEFAULT_QUARANTINE_THRESHOLD_PCT,
                options: dict[str, Any] | None = None, load_method: str = "auto",
-               partitions: int = 1, lock_wait_seconds: float = 60.0) -> dict[str, Any]:
+               partitions: int = 1, detect_changes: bool = True,
+               lock_wait_seconds: float = 60.0) -> dict[str, Any]:
     """Every step of one entity's run, in order, without Airflow (tests, benchmark).
     ``lock_wait_seconds``: how long the load waits for another run's write lock on the entity."""
     out = extract(conns, entity_name, dag_run_id, mode=mode, dry_run=dry_run, options=options,
-                  load_method=load_method, partitions=partitions)
+                  load_method=load_method, partitions=partitions, detect_changes=detect_changes)
     run_id = out["run_id"]
     transform(conns, entity_name, run_id)
     if dry_run:

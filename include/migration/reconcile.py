@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from psycopg.types.json import Jsonb
 
 from include.migration import db
 from include.migration.entities import SQL_DIR, Entity
-from include.migration.extract import Scope, legacy_encoding, transform_query
+from include.migration.extract import Scope, in_ranges, legacy_encoding, transform_query
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class Reconciliation:
     differing_buckets: list[str] = field(default_factory=list)
     seconds: float = 0.0
     target_checksum: int = 0  # with target_rows: the destination table's fingerprint
+    # Loaded rows outside the key ranges a full run staged, vouched for by its comparison's checksum
+    # (changes.py) instead of compared again; None: every row was compared.
+    vouched_rows: int | None = None
     # Rows the run's load deleted because their source row was gone (incremental runs; deletes.py).
     # None pending: any row still without a source row is in ``extra``, a difference.
     hard_deletes_applied: int | None = None
@@ -56,8 +60,11 @@ class Reconciliation:
 
     def verdict_line(self) -> str:
         if self.clean:
+            vouched = "" if self.vouched_rows is None else (
+                f" ({self.vouched_rows} of them outside the ranges the run staged, equal to its comparison as "
+                "one checksum)")
             return (f"{self.entity}: reconciliation CLEAN, {self.source_rows} source rows = "
-                    f"{self.target_rows} destination rows, {self.buckets} key ranges, checksums equal")
+                    f"{self.target_rows} destination rows, {self.buckets} key ranges, checksums equal{vouched}")
         return (f"{self.entity}: reconciliation FOUND DIFFERENCES: {len(self.missing)} missing, "
                 f"{len(self.extra)} extra, {len(self.different)} different "
                 f"(source {self.source_rows} rows, destination {self.target_rows}); "
@@ -72,7 +79,7 @@ class Reconciliation:
                 "missing": self.missing[:MAX_LISTED_KEYS], "extra": self.extra[:MAX_LISTED_KEYS],
                 "different": self.different[:MAX_LISTED_KEYS],
                 "differing_buckets": self.differing_buckets[:MAX_LISTED_KEYS],
-                "hard_deletes_applied_by_run": self.hard_deletes_applied,
+                "hard_deletes_applied_by_run": self.hard_deletes_applied, "vouched_rows": self.vouched_rows,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -90,26 +97,34 @@ def _row_hash(entity: Entity, alias: str) -> sql.Composable:
     return sql.SQL("md5(ROW({})::text)").format(cols)
 
 
-def _source_rows(entity: Entity, skip_keys: list[str], encoding: str | None = None) -> sql.Composable:
-    query = transform_query(entity, Scope(kind="all"), encoding=encoding)
+def _source_rows(entity: Entity, skip_keys: list[str], encoding: str | None = None,
+                 ranges: list[list[str]] | None = None) -> sql.Composable:
+    query = transform_query(entity, Scope(kind="all", ranges=ranges), encoding=encoding)
     return sql.SQL("SELECT * FROM ({q}) t WHERE t._disposition = 'loaded' AND NOT (t.{key}::text = ANY({skip}))")\
         .format(q=query, key=sql.Identifier(entity.key), skip=sql.Literal(skip_keys))
 
 
-def _target_rows(entity: Entity) -> sql.Composable:
-    return sql.SQL("SELECT * FROM {}").format(sql.Identifier(entity.schema_name, entity.target_table))
+def _target_rows(entity: Entity, ranges: list[list[str]] | None = None) -> sql.Composable:
+    rows = sql.SQL("SELECT * FROM {} t").format(sql.Identifier(entity.schema_name, entity.target_table))
+    if ranges is None:
+        return rows
+    return sql.SQL("{} WHERE {}").format(rows, in_ranges(entity, sql.SQL("t.{}").format(sql.Identifier(entity.key)),
+                                                         ranges))
 
 
 def range_sums(conn, rows: sql.Composable, bucket: sql.Composable, digest: sql.Composable,
-               params: dict | None = None) -> dict[str, tuple[int, int]]:
+               params: dict | None = None, extra: Sequence[sql.Composable] = ()) -> dict[str, tuple]:
     """Row count and checksum per bucket of ``rows`` (alias ``t``), computed inside the
     database: ``bucket`` names a row's key range, ``digest`` is an md5 hex of what is
-    compared (a whole row here; only the key for the hard-delete key sets, deletes.py)."""
+    compared (a whole row here; only the key for the hard-delete key sets, deletes.py; a
+    row's outcome for a full run's change detection, changes.py). ``extra``: more
+    aggregates over the same rows, returned after the count and the checksum."""
     query = sql.SQL(
-        "SELECT {b} AS bucket, count(*), sum(('x' || left({h}, 16))::bit(64)::bigint) "
+        "SELECT {b} AS bucket, count(*), sum(('x' || left({h}, 16))::bit(64)::bigint){more} "
         "FROM ({rows}) t GROUP BY 1"
-    ).format(b=bucket, h=digest, rows=rows)
-    return {b: (n, int(s)) for b, n, s in conn.execute(query, params)}
+    ).format(b=bucket, h=digest, rows=rows,
+             more=sql.SQL("").join(sql.SQL(", {}").format(e) for e in extra))
+    return {b: (n, int(s), *more) for b, n, s, *more in conn.execute(query, params)}
 
 
 def _bucket_sums(dsn: str, rows: sql.Composable, entity: Entity) -> dict[str, tuple[int, int]]:
@@ -129,20 +144,33 @@ def _row_hashes(dsn: str, rows: sql.Composable, entity: Entity, buckets: list[st
         return dict(conn.execute(query).fetchall())
 
 
-def reconcile(legacy_dsn: str, dest_dsn: str, entity: Entity) -> Reconciliation:
-    """Compare every row the destination should hold with what it holds."""
+def reconcile(legacy_dsn: str, dest_dsn: str, entity: Entity, *, ranges: list[list[str]] | None = None,
+              compared: dict[str, Any] | None = None) -> Reconciliation:
+    """Compare every row the destination should hold with what it holds.
+
+    ``ranges`` and ``compared``: a full run that staged only the key ranges that differed, and
+    its comparison's figures (changes.py). The rows of those ranges are compared as any; the
+    destination's rows and ledger entries outside them are summed in one checksum of their
+    outcomes, without the transform: equal to the comparison's sum of the source there, they
+    are still what the source held when the run compared (and the transform, the costly part,
+    runs only over the ranges that changed). Not equal: every row is compared."""
     started = time.perf_counter()
+    vouched = _vouched_outside(dest_dsn, entity, ranges, compared)
+    if vouched is None:
+        ranges = None
     with db.connection(dest_dsn) as conn:
         # Rows the destination refused on its own terms are in quarantine, not missing.
         skip = [r[0] for r in conn.execute(
             "SELECT source_key FROM migration.quarantine WHERE entity = %s", (entity.name,))]
     with db.connection(legacy_dsn) as conn:
         encoding = legacy_encoding(conn)  # a SQL_ASCII source quarantines rows that are not UTF-8
-    src_rows, dst_rows = _source_rows(entity, skip, encoding), _target_rows(entity)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fs = pool.submit(_bucket_sums, legacy_dsn, src_rows, entity)
-        fd = pool.submit(_bucket_sums, dest_dsn, dst_rows, entity)
-        src, dst = fs.result(), fd.result()
+    src_rows, dst_rows = _source_rows(entity, skip, encoding, ranges), _target_rows(entity, ranges)
+    src, dst = {}, {}  # no staged range: nothing to compare row by row
+    if ranges != []:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            fs = pool.submit(_bucket_sums, legacy_dsn, src_rows, entity)
+            fd = pool.submit(_bucket_sums, dest_dsn, dst_rows, entity)
+            src, dst = fs.result(), fd.result()
     differing = sorted(b for b in set(src) | set(dst) if src.get(b) != dst.get(b))
     result = Reconciliation(entity.name, sum(n for n, _ in src.values()), sum(n for n, _ in dst.values()),
                             len(set(src) | set(dst)), target_checksum=sum(c for _, c in dst.values()))
@@ -156,8 +184,31 @@ def reconcile(legacy_dsn: str, dest_dsn: str, entity: Entity) -> Reconciliation:
         result.extra = sorted(k for k in dst_h if k not in src_h)
         result.different = sorted(k for k in src_h if k in dst_h and src_h[k] != dst_h[k])
     result.differing_buckets = rest
+    if vouched is not None:
+        with db.connection(dest_dsn) as conn:
+            whole = fingerprint(conn, entity)
+        result.source_rows += vouched
+        result.target_rows, result.target_checksum = whole["rows"], whole["checksum"]
+        result.vouched_rows = vouched
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _vouched_outside(dest_dsn: str, entity: Entity, ranges: list[list[str]] | None,
+                     compared: dict[str, Any] | None) -> int | None:
+    """The loaded rows outside a run's staged ranges when the destination there still sums to
+    what the run's comparison found in the source; None otherwise (compare every row)."""
+    if ranges is None or not compared or compared.get("equal_checksum") is None:
+        return None
+    from include.migration import changes
+
+    held, checksum, loaded = changes.destination_outside(dest_dsn, entity, ranges)
+    if (held, checksum) == (compared["equal_source_rows"], compared["equal_checksum"]):
+        return loaded
+    log.warning("%s: outside the key ranges the run staged, the destination holds %d rows and ledger entries "
+                "that no longer sum to the %d the run's comparison found in the source: every row is compared",
+                entity.name, held, compared["equal_source_rows"])
+    return None
 
 
 def persist(dest_dsn: str, run_id: str, rec: Reconciliation) -> Path:

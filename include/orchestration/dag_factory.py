@@ -47,6 +47,10 @@ def entity_params() -> dict[str, Param]:
             "task (side by side, one per worker), into one stage that is then loaded as one. More than 1 "
             "always stages (a direct load is one stream); into an empty table the stage is then copied in "
             "whole, indexes rebuilt after. A run started by its parent's asset takes the parent's.")),
+        "detect_changes": Param(True, type="boolean", description=(
+            "A full run over a populated table first compares the source and the destination per key "
+            "range (checksums inside each database) and stages only the ranges that differ; the rest are "
+            "accounted from the destination. Off: stage every row. Users and media always stage every row.")),
         "batch_size": Param(pipeline.DEFAULT_BATCH_SIZE, type="integer", minimum=100, maximum=1_000_000,
                             description="Rows per load chunk; each chunk commits in its own transaction."),
         "quarantine_threshold_pct": Param(pipeline.DEFAULT_QUARANTINE_THRESHOLD_PCT, type="number", minimum=0,
@@ -136,7 +140,8 @@ def entity_dag(name: str, doc: str | None) -> Any:
             return pipeline.plan(pipeline.Conns.from_airflow(), name, context["run_id"], mode=resolve_mode(context),
                                  dry_run=resolve_dry_run(context), options=options or None,
                                  load_method=context["params"]["load_method"],
-                                 partitions=resolve_partitions(context))
+                                 partitions=resolve_partitions(context),
+                                 detect_changes=context["params"]["detect_changes"])
 
         # One task per key-range partition; with a worker each, they extract side by side.
         @task(map_index_template="{{ partition_label }}")

@@ -18,7 +18,7 @@ from typing import Any
 
 from local_runtime.bench.measure import Bench, ServerMemory, say
 from local_runtime.bench.output import print_report, write_outputs
-from local_runtime.bench.phases import Run, run_phases
+from local_runtime.bench.phases import PHASES, Run, run_phases
 from local_runtime.bench.report import (
     ENTITY_ORDER,
     NAIVE_BATCH,
@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-rows", type=int, default=NAIVE_ROWS,
                         help="messages the naive approach writes (its rate is stable well before 100k)")
     parser.add_argument("--no-profile", action="store_true", help="skip the profiled extra run")
+    parser.add_argument("--phases", help="comma-separated phase names to run, in the registry's order "
+                        f"(default: all of {', '.join(name for name, _ in PHASES)}); a phase needs the ones "
+                        "it builds on (the pipeline's need bootstrap and full)")
+    parser.add_argument("--no-detect-changes", action="store_true",
+                        help="full reruns stage every row (the pipeline's detect_changes=False), for comparison")
     args = parser.parse_args(argv)
     stamp = _stamp()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -129,8 +134,15 @@ def run(args: argparse.Namespace, server: Server, stamp: str, log_path: Path) ->
                              "server": server_settings(server.base_uri), "legacy_bytes": table_bytes(legacy),
                              "naive_batch": NAIVE_BATCH}
     skip_profile = args.no_profile or os.environ.get("BENCH_PROFILE") == "0"
+    phases = PHASES
+    if args.phases:
+        wanted = {name.strip() for name in args.phases.split(",")}
+        unknown = wanted - {name for name, _ in PHASES}
+        if unknown:
+            raise SystemExit(f"unknown phases: {', '.join(sorted(unknown))}")
+        phases = tuple((name, phase) for name, phase in PHASES if name in wanted)
     done = run_phases(Run(b, server, min(args.naive_rows, counts.get("messages", args.naive_rows)),
-                          profile=not skip_profile))
+                          profile=not skip_profile, detect_changes=not args.no_detect_changes), phases)
     extra.update(done.sections, notes=done.notes)
     return assemble(b, server, done.steps, extra)
 

@@ -125,13 +125,13 @@ def step_pipeline(legacy: str, dest: str, entity: str, dag_run_id: str, mode: st
 
 def _run_record(dest: str, run_id: str) -> dict:
     with psycopg.connect(dest) as conn:
-        row = conn.execute("SELECT stage_rows, source_rows, scope->>'kind', counts FROM migration.runs "
-                           "WHERE run_id = %s", (run_id,)).fetchone()
+        row = conn.execute("SELECT stage_rows, source_rows, scope->>'kind', counts, report->'changes' "
+                           "FROM migration.runs WHERE run_id = %s", (run_id,)).fetchone()
     if row is None:
         return {}
     counts = row[3] or {}
     accounting = counts.get("accounting") or {}
-    return {"stage_rows": row[0], "source_rows": row[1], "scope": row[2],
+    return {"stage_rows": row[0], "source_rows": row[1], "scope": row[2], "changes": row[4],
             "extract_seconds": counts.get("extract_seconds"),
             "load_seconds": (counts.get("load") or {}).get("load_seconds"),
             "dispositions": {k: accounting.get(k) for k in ("loaded", "excluded", "quarantined")}}
