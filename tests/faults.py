@@ -303,7 +303,7 @@ def _install(point: str, stop: Callable[[], None]) -> None:
 
     simple = {
         "before_accounting": (before, pipeline, "account"),
-        "watermark_written": (after, pipeline, "_advance_watermark"),
+        "watermark_written": (after, pipeline, "advance_watermark"),
         "validating": (before, validation, "validate_table"),
         "reconciled": (after, reconcile, "persist"),
         "direct_streamed": (after, direct, "relay"),
