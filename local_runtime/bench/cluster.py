@@ -44,7 +44,7 @@ from psycopg import sql
 from local_runtime import airflow_stack
 from local_runtime import cluster as local_cluster
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the project: dags/, plugins/, .local/
 DAG_ID = "migrate_messages"
 PARTITIONS = (1, 2, 4)
 METADATA_DB = "bench_airflow"
