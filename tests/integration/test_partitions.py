@@ -280,3 +280,25 @@ def test_rollback_of_a_run_that_died_before_its_load_empties_the_table_and_puts_
     assert methods(conns.dest, "again")["messages"] == "direct"
     assert catalog(conns.dest) == before
     assert pipeline.reconcile(conns, "messages", "messages:again")["verdict"] == "clean"
+
+
+def test_a_run_cleared_from_its_plan_after_a_partition_put_its_indexes_back_first(twin):
+    """The same run planned again (its DAG run cleared from plan) after one partition had
+    streamed: its own record puts the indexes back, and it stages over the rows it left."""
+    from tests.integration.test_direct_load import catalog
+
+    split, one = twin
+    run_all(one, "full")
+    _parents_loaded(split)
+    before = catalog(split.dest)
+    parts = pipeline.plan(split, "messages", "full", mode="full", dry_run=False, partitions=2)
+    pipeline.extract_partition(split, "messages", parts[0])
+    again = pipeline.plan(split, "messages", "full", mode="full", dry_run=False, partitions=2)
+    assert catalog(split.dest) == before
+    assert {p["load_method"] for p in again} == {"staged"}
+    for part in again:
+        pipeline.extract_partition(split, "messages", part)
+    pipeline.transform(split, "messages", again[0]["run_id"])
+    pipeline.load(split, "messages", again[0]["run_id"], quarantine_threshold_pct=100)
+    assert pipeline.reconcile(split, "messages", again[0]["run_id"])["verdict"] == "clean"
+    assert [d for d in faults.compare_tables(one.dest, split.dest, RELATIONAL) if not d.equal] == []
