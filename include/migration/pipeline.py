@@ -162,22 +162,27 @@ def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run:
             if method == "direct":
                 direct.detach_for_partitions(dest, entity, run.run_id)
         dest.commit()
+    _log_how(entity, why_staged, ranges, partitions, full=scope.kind == "all" and not dry_run)
+    if len(ranges) == 1:
+        return [descriptor]
+    return [{**descriptor, "partition": i, "of": len(ranges), "key_range": list(r)} for i, r in enumerate(ranges)]
+
+
+def _log_how(entity: Entity, why_staged: str | None, ranges: list, partitions: int, *, full: bool) -> None:
+    """The plan's choices, for the on-call reader: the partitions, and how the rows reach the table."""
     if len(ranges) > 1:
         log.info("%s: %d partitions by %s: %s", entity.name, len(ranges), entity.key,
                  "; ".join(_describe_range(r) for r in ranges))
     elif partitions > 1:
         log.info("%s: one partition, not %d: the source table has too few rows to split", entity.name,
                  partitions)
-    if method == "direct":
+    if why_staged is None:
         log.info("%s: %s.%s is empty, so %s straight into it (direct load), the side rows into the stage",
                  entity.name, entity.schema_name, entity.target_table,
                  "each partition streams its key range" if len(ranges) > 1
                  else "the load will stream the transformed source")
-    elif scope.kind == "all" and not dry_run:
+    elif full:
         log.info("%s: loading through the stage: %s", entity.name, why_staged)
-    if len(ranges) == 1:
-        return [descriptor]
-    return [{**descriptor, "partition": i, "of": len(ranges), "key_range": list(r)} for i, r in enumerate(ranges)]
 
 
 def _why_staged(dest, entity: Entity, scope: extract_mod.Scope, *, dry_run: bool, load_method: str) -> str | None:
