@@ -27,9 +27,11 @@ All or nothing: the stream, the destination checks, the index builds and the
 ledgers commit together with the run's progress mark. A crash anywhere before
 that commit leaves the table empty, and the rerun streams again.
 
-``load_stage`` is the same load for a run that has staged anyway (its extract
-ran in partitions, side by side): the stage's loaded rows go into the empty
-table in one ``COPY ... FREEZE`` between the same detach and rebuild.
+A partitioned backfill into the empty table streams the same way, one stream
+per key range, side by side: the plan drops the indexes once and records
+their definitions with the run, each partition streams its range in a
+transaction of its own (``stream_partition``), and the load checks, rebuilds
+and accounts once (``load_partitioned``). See the section near the end.
 """
 
 from __future__ import annotations
@@ -40,16 +42,28 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from include.migration import db, images, runs
 from include.migration import load as load_mod
+from include.migration.abandoned import LOCK_SPACE as LIVENESS_LOCK_SPACE
+from include.migration.accounting import AccountingMismatch
 from include.migration.entities import ENTITIES, Entity
-from include.migration.extract import Scope, index_stage, legacy_encoding, transform_query
+from include.migration.extract import (
+    Scope,
+    attach_partition,
+    create_stage,
+    index_stage,
+    legacy_encoding,
+    scope_condition,
+    stage_name,
+    transform_query,
+)
 from include.migration.load import stage_ident, target_ident
 
 log = logging.getLogger(__name__)
@@ -125,9 +139,10 @@ def _table_problem(dest: psycopg.Connection, target: str, relkind: str, owner: b
 # The legacy query
 
 
-def side_query(entity: Entity, encoding: str | None = None) -> sql.Composed:
+def side_query(entity: Entity, encoding: str | None = None, scope: Scope | None = None) -> sql.Composed:
     """The transform, every row led by the control columns and its side field
-    (see the module's docstring and ``relay``). ``encoding``: see ``extract.transform_query``."""
+    (see the module's docstring and ``relay``). ``encoding``: see ``extract.transform_query``;
+    ``scope``: every row (a full run), or a partition's key range."""
     plain = sql.SQL("t._disposition = 'loaded' AND cardinality(t._repairs) = 0")
     return sql.SQL(
         "SELECT {control}, CASE WHEN {plain} "
@@ -139,7 +154,7 @@ def side_query(entity: Entity, encoding: str | None = None) -> sql.Composed:
         plain=plain, fields=sql.Literal(len(entity.columns)),
         cols=sql.SQL(", ").join(sql.SQL("t.{}::{}").format(sql.Identifier(n), sql.SQL(typ))
                                 for n, typ in entity.columns),
-        transform=transform_query(entity, Scope(kind="all"), encoding=encoding),
+        transform=transform_query(entity, scope or Scope(kind="all"), encoding=encoding),
     )
 
 
@@ -234,11 +249,23 @@ def _after_header(message: Any) -> bytes:
 
 @dataclass
 class Detached:
-    """What was dropped, and the statements that put it back (in order)."""
+    """What was dropped, and the statements that put it back: the table's own indexes
+    and constraints (``rebuilds``), then the foreign keys that point at it (``referrers``)."""
 
     drops: list[sql.Composable]
     rebuilds: list[sql.Composable]
+    referrers: list[sql.Composable]
     names: list[str]
+
+    def record(self, conn: psycopg.Connection) -> dict[str, Any]:
+        """The statements as text, for a run's report: whoever finds them there can put them back."""
+        return {"rebuilds": [s.as_string(conn) for s in self.rebuilds],
+                "referrers": [s.as_string(conn) for s in self.referrers], "names": self.names}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Detached:
+        return cls([], [sql.SQL(s) for s in record["rebuilds"]], [sql.SQL(s) for s in record["referrers"]],
+                   list(record["names"]))
 
 
 def detach(dest: psycopg.Connection, entity: Entity) -> Detached:
@@ -276,37 +303,41 @@ def detach(dest: psycopg.Connection, entity: Entity) -> Detached:
         drops.append(sql.SQL("DROP INDEX {}").format(sql.Identifier(entity.schema_name, name)))
         rebuilds.append(sql.SQL(definition))
         names.append(name)
-    return Detached(drops, rebuilds + rebuilds_fk, names)
+    return Detached(drops, rebuilds, rebuilds_fk, names)
 
 
-# ---------------------------------------------------------------------------
-# The load
-
-
-def take_empty_table(dest: psycopg.Connection, entity: Entity) -> Detached:
-    """In ``dest``'s transaction: lock the table (``ACCESS EXCLUSIVE``) and its parents
-    (``SHARE``), make sure it is still empty, turn the per-row triggers off, drop its indexes
-    and constraints (returned, to rebuild), and empty it again so a ``COPY`` may freeze its rows."""
-    target = target_ident(entity)
+def _lock_timeout(dest: psycopg.Connection) -> str:
     timeout = os.environ.get(LOCK_TIMEOUT_ENV) or "60s"
     dest.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(timeout)))
+    return timeout
+
+
+def _lock(dest: psycopg.Connection, entity: Entity, timeout: str, *, mode: str = "ACCESS EXCLUSIVE",
+          parents: bool = False) -> None:
+    """Lock the table (``mode``) and, with ``parents``, its parents (``SHARE``): they stay put while
+    this transaction runs, so nothing deletes a row the checks found, as the foreign-key
+    triggers would ensure."""
     try:
-        for ref in entity.parents:
-            # The parents stay put while this transaction runs: nothing deletes a row
-            # the checks below found, as the foreign-key triggers would ensure.
+        for ref in entity.parents if parents else ():
             dest.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(target_ident(ENTITIES[ref.parent])))
-        dest.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target))
+        dest.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(target_ident(entity), sql.SQL(mode)))
     except psycopg.errors.LockNotAvailable:
         raise RuntimeError(
-            f"{entity.name}: the direct load waited {timeout} for its table locks ({entity.target_table} and its "
-            "parents) and gave up; another session is using them. Nothing was written; retry the load.") from None
-    if dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(target)).fetchone()[0]:
+            f"{entity.name}: the direct load waited {timeout} for its table locks ({entity.target_table}"
+            f"{' and its parents' if parents else ''}) and gave up; another session is using them. Nothing was "
+            "written; retry.") from None
+
+
+def _refuse_rows(dest: psycopg.Connection, entity: Entity) -> None:
+    if dest.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(target_ident(entity))).fetchone()[0]:
         raise RuntimeError(
             f"{entity.name}: {entity.schema_name}.{entity.target_table} was empty when this run was planned but "
             "now holds rows (another run loaded it). Nothing was written. Clear this DAG run from its plan "
             "task: it will stage and merge.")
-    dest.execute("SET LOCAL session_replication_role = replica")
-    dest.execute("SET LOCAL maintenance_work_mem = '256MB'")
+
+
+def _drop(dest: psycopg.Connection, entity: Entity, timeout: str) -> Detached:
+    """Drop the table's indexes and constraints and the foreign keys pointing at it; returns them."""
     detached = detach(dest, entity)
     try:
         for statement in detached.drops:  # a foreign key into the table also locks its own table
@@ -315,38 +346,66 @@ def take_empty_table(dest: psycopg.Connection, entity: Entity) -> Detached:
         raise RuntimeError(
             f"{entity.name}: the direct load waited {timeout} for a table whose foreign key points at "
             f"{entity.target_table} ({', '.join(detached.names)}) and gave up; another session is using it. "
-            "Nothing was written; retry the load.") from None
+            "Nothing was written; retry.") from None
+    return detached
+
+
+def take_empty_table(dest: psycopg.Connection, entity: Entity) -> Detached:
+    """In ``dest``'s transaction: lock the table (``ACCESS EXCLUSIVE``) and its parents
+    (``SHARE``), make sure it is still empty, turn the per-row triggers off, drop its indexes
+    and constraints (returned, to rebuild), and empty it again so a ``COPY`` may freeze its rows."""
+    timeout = _lock_timeout(dest)
+    _lock(dest, entity, timeout, parents=True)
+    _refuse_rows(dest, entity)
+    dest.execute("SET LOCAL session_replication_role = replica")
+    dest.execute("SET LOCAL maintenance_work_mem = '256MB'")
+    detached = _drop(dest, entity, timeout)
     # Emptied again in this transaction (it is empty: checked above, under the lock), so
     # the COPY may write its rows frozen: no later read has to set each row's hint bits
     # (at 3 M rows the first count(*) after the load took 8 s doing that). Like any
     # COPY FREEZE, the rows are visible at once to transactions that began before the
     # commit; nobody reads this table's empty state while the migration runs.
-    dest.execute(sql.SQL("TRUNCATE {}").format(target))
+    dest.execute(sql.SQL("TRUNCATE {}").format(target_ident(entity)))
     return detached
 
 
-def rebuild(dest: psycopg.Connection, entity: Entity, detached: Detached) -> float:
-    """Put back what ``take_empty_table`` dropped; returns the seconds it took."""
+def rebuild(dest: psycopg.Connection, entity: Entity, detached: Detached, *, own: bool = True,
+            referrers: bool = True) -> float:
+    """Put back what was dropped (the table's own indexes and constraints, the foreign keys
+    pointing at it, or both); returns the seconds it took."""
     started = time.perf_counter()
-    for statement in detached.rebuilds:
+    statements = (detached.rebuilds if own else []) + (detached.referrers if referrers else [])
+    for statement in statements:
         dest.execute(statement)
     seconds = time.perf_counter() - started
-    log.info("%s: rebuilt %d indexes and constraints (%s) in %.2f s", entity.name, len(detached.names),
+    log.info("%s: rebuilt %d indexes and constraints (%s) in %.2f s", entity.name, len(statements),
              ", ".join(detached.names), seconds)
     return seconds
 
 
-def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) -> dict[str, Any]:
-    """Stream, check, index, ledger; commit once. ``dest`` holds the entity's lock.
-    Returns the direct load's figures (also stored in the run's counts)."""
-    assert run.stage_table is not None
-    started = time.perf_counter()
-    target = target_ident(entity)
-    fields = len(entity.columns)
-    detached = take_empty_table(dest, entity)
+# ---------------------------------------------------------------------------
+# The stream
+
+
+@dataclass
+class Streamed:
+    relayed: Relayed
+    source_rows: int
+    snapshot_at: datetime
+    seconds: float  # the stream, from the legacy snapshot to its last row
+    unspool_seconds: float
+
+
+def stream(legacy_dsn: str, dest: psycopg.Connection, entity: Entity, stage_table: str, scope: Scope, *,
+           freeze: bool) -> Streamed:
+    """In ``dest``'s transaction: the legacy transform of ``scope`` relayed, its plain rows by
+    binary ``COPY`` into the table (``freeze``: the table was emptied in this transaction), its
+    side rows into ``stage_table``; with the source's row count of the scope, read in the
+    stream's snapshot."""
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in entity.column_names)
-    stream_started = time.perf_counter()
-    with db.connection(conns.legacy, application="migration-direct") as src, \
+    options = sql.SQL("FORMAT BINARY, FREEZE" if freeze else "FORMAT BINARY")
+    started = time.perf_counter()
+    with db.connection(legacy_dsn, application="migration-direct") as src, \
             tempfile.TemporaryFile(prefix="migration-side-") as spool:
         src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         src.read_only = True
@@ -354,43 +413,44 @@ def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) ->
         db.tune_legacy(src)
         with src.cursor() as rcur, dest.cursor() as wcur:
             with rcur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(
-                    side_query(entity, legacy_encoding(src)))) as rows, \
-                    wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
-                        target, columns)) as into:
-                relayed = relay(db.copy_rows(rows), into, spool, fields, len(control_columns(entity)))
-        source_rows = src.execute(sql.SQL("SELECT count(*) FROM {}").format(
-            sql.Identifier("public", entity.source_table))).fetchone()[0]
+                    side_query(entity, legacy_encoding(src), scope))) as rows, \
+                    wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
+                        target_ident(entity), columns, options)) as into:
+                relayed = relay(db.copy_rows(rows), into, spool, len(entity.columns), len(control_columns(entity)))
+        source_rows = src.execute(sql.SQL("SELECT count(*) FROM {} {} WHERE {}").format(
+            sql.Identifier("public", entity.source_table), sql.Identifier(entity.alias),
+            scope_condition(entity, scope))).fetchone()[0]
         src.commit()
-        stream_seconds = time.perf_counter() - stream_started
-        log.info("%s: streamed %s rows from %s in %.2f s (%s rows/s, %.1f MB): %s straight into %s, %s to the "
-                 "stage (excluded, quarantined or repaired)", entity.name, f"{relayed.loaded + relayed.side:,}",
-                 db.describe(conns.legacy), stream_seconds,
-                 f"{int((relayed.loaded + relayed.side) / stream_seconds):,}" if stream_seconds else "-",
-                 relayed.bytes / 1e6, f"{relayed.loaded:,}", f"{entity.schema_name}.{entity.target_table}",
-                 f"{relayed.side:,}")
+        seconds = time.perf_counter() - started
         spool.seek(0)
         mark = time.perf_counter()
-        _unspool(dest, entity, run.stage_table, spool)
-        steps = {"stream": stream_seconds, "unspool": time.perf_counter() - mark}
-    # The destination's own checks: first on the staged rows, then on the streamed ones.
-    mark = time.perf_counter()
-    load_mod.check_stage(dest, entity, run.stage_table, commit=False)
-    moved = _quarantine_orphans(dest, entity, run.stage_table)
-    repaired = dest.execute(sql.SQL(
-        "INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} WHERE _disposition = 'loaded'").format(
-        target=target, cols=columns, stage=stage_ident(run.stage_table))).rowcount
-    dest.execute("SET LOCAL session_replication_role = origin")
-    steps["destination checks"] = time.perf_counter() - mark
-    repairs = load_mod.repair_counts(dest, run.stage_table)
-    log.info("%s: destination checks: %d streamed rows quarantined (parent not in the destination); %d repaired "
-             "rows loaded from the stage; repaired: %s", entity.name, moved, repaired,
-             ", ".join(f"{k} {v}" for k, v in repairs.items()) or "none")
+        _unspool(dest, entity, stage_table, spool)
+    return Streamed(relayed, source_rows, snapshot_at, seconds, time.perf_counter() - mark)
+
+
+# ---------------------------------------------------------------------------
+# The load
+
+
+def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) -> dict[str, Any]:
+    """Stream, check, index, ledger; commit once. ``dest`` holds the entity's lock.
+    Returns the direct load's figures (also stored in the run's counts)."""
+    assert run.stage_table is not None
+    started = time.perf_counter()
+    detached = take_empty_table(dest, entity)
+    streamed = stream(conns.legacy, dest, entity, run.stage_table, Scope(kind="all"), freeze=True)
+    relayed = streamed.relayed
+    log.info("%s: streamed %s rows from %s in %.2f s (%s rows/s, %.1f MB): %s straight into %s, %s to the "
+             "stage (excluded, quarantined or repaired)", entity.name, f"{relayed.loaded + relayed.side:,}",
+             db.describe(conns.legacy), streamed.seconds,
+             f"{int((relayed.loaded + relayed.side) / streamed.seconds):,}" if streamed.seconds else "-",
+             relayed.bytes / 1e6, f"{relayed.loaded:,}", f"{entity.schema_name}.{entity.target_table}",
+             f"{relayed.side:,}")
+    steps = {"stream": streamed.seconds, "unspool": streamed.unspool_seconds}
+    moved, repaired, repairs = _destination_checks(dest, entity, run.stage_table, steps)
     steps["index builds"] = rebuild(dest, entity, detached)
-    mark = time.perf_counter()
-    load_mod.record_ledgers(dest, entity, run.stage_table, run.run_id)
-    _clean_ledgers(dest, entity, run.stage_table)
+    _ledgers(dest, entity, run, steps)
     images.record_insert_range(dest, run.run_id, entity.schema_name, entity.target_table, None, None)
-    steps["ledgers"] = time.perf_counter() - mark
     inserted = relayed.loaded - moved + repaired
     figures = {"streamed_loaded": relayed.loaded - moved, "streamed_side": relayed.side,
                "moved_to_quarantine": moved, "repaired_loaded": repaired, "bytes": relayed.bytes,
@@ -398,61 +458,255 @@ def load(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) ->
                "steps": {k: round(v, 3) for k, v in steps.items()}, "rebuilt": detached.names}
     seconds = time.perf_counter() - started
     runs.update(dest, run.run_id, load_progress=DONE, stage_rows=relayed.loaded + relayed.side,
-                source_rows=source_rows,
-                counts={"direct": figures, "extract_seconds": stream_seconds,
+                source_rows=streamed.source_rows,
+                counts={"direct": figures, "extract_seconds": streamed.seconds,
                         "load": {"inserted": inserted, "updated": 0, "deleted": 0, "chunks": 1,
                                  "load_seconds": round(seconds, 3)}},
-                report={"extracted_at": snapshot_at.isoformat(), "repaired": repairs})
+                report={"extracted_at": streamed.snapshot_at.isoformat(), "repaired": repairs})
     dest.commit()
     log.info("%s: direct load committed: %s rows inserted in %.2f s (%s)", entity.name, f"{inserted:,}", seconds,
              ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
     return figures
 
 
-def load_stage(conns: Any, dest: psycopg.Connection, entity: Entity, run: runs.Run) -> dict[str, Any]:
-    """A staged run into an empty table (a partitioned backfill): the stage's loaded rows go
-    into the table the way a direct load's stream does, by one binary ``COPY ... FREEZE``
-    with the table's indexes and constraints dropped and rebuilt after, instead of a merge
-    chunk by chunk. ``dest`` holds the entity's lock; the transform has already checked the
-    staged rows against the destination. One transaction with the ledgers and the progress
-    mark: a failure leaves the table empty, and the retry loads again."""
+def _destination_checks(dest: psycopg.Connection, entity: Entity, stage_table: str,
+                        steps: dict[str, float]) -> tuple[int, int, dict[str, int]]:
+    """The destination's own checks, first on the staged side rows, then set-based on the
+    streamed ones (per-row triggers still off); the repaired rows loaded from the stage.
+    Returns (streamed rows moved to quarantine, repaired rows loaded, repairs by kind)."""
+    mark = time.perf_counter()
+    load_mod.check_stage(dest, entity, stage_table, commit=False)
+    moved = _quarantine_orphans(dest, entity, stage_table)
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in entity.column_names)
+    repaired = dest.execute(sql.SQL(
+        "INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} WHERE _disposition = 'loaded'").format(
+        target=target_ident(entity), cols=columns, stage=stage_ident(stage_table))).rowcount
+    dest.execute("SET LOCAL session_replication_role = origin")
+    steps["destination checks"] = time.perf_counter() - mark
+    repairs = load_mod.repair_counts(dest, stage_table)
+    log.info("%s: destination checks: %d streamed rows quarantined (parent not in the destination); %d repaired "
+             "rows loaded from the stage; repaired: %s", entity.name, moved, repaired,
+             ", ".join(f"{k} {v}" for k, v in repairs.items()) or "none")
+    return moved, repaired, repairs
+
+
+def _ledgers(dest: psycopg.Connection, entity: Entity, run: runs.Run, steps: dict[str, float]) -> None:
     assert run.stage_table is not None
-    started = time.perf_counter()
-    target, stage = target_ident(entity), stage_ident(run.stage_table)
-    detached = take_empty_table(dest, entity)
-    steps = {"lock and detach": time.perf_counter() - started}
     mark = time.perf_counter()
     load_mod.record_ledgers(dest, entity, run.stage_table, run.run_id)
+    _clean_ledgers(dest, entity, run.stage_table)
     steps["ledgers"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in entity.column_names)
-    # The stage is read by a second session: this one is writing the table, in its transaction.
-    with db.connection(conns.dest, application="migration-bulk") as reader, \
-            reader.cursor() as rcur, dest.cursor() as wcur:
-        reader.read_only = True
-        with rcur.copy(sql.SQL("COPY (SELECT {cols} FROM {stage} WHERE _disposition = 'loaded') TO STDOUT "
-                               "(FORMAT BINARY)").format(cols=columns, stage=stage)) as rows, \
-                wcur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(target, columns)) as into:
-            copied = db.relay_copy(rows, into, FLUSH_BYTES)
-        inserted = wcur.rowcount
-        reader.rollback()
-    steps["copy"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    # The transform checked the staged rows against the destination; the parents are
-    # locked (SHARE) since before the copy, so this finds a parent that left in between.
-    load_mod.check_parents(dest, entity, None, None, lock=False)
-    steps["destination checks"] = time.perf_counter() - mark
-    steps["index builds"] = rebuild(dest, entity, detached)
-    images.record_insert_range(dest, run.run_id, entity.schema_name, entity.target_table, None, None)
-    seconds = time.perf_counter() - started
-    figures = {"inserted": inserted, "bytes": copied, "steps": {k: round(v, 3) for k, v in steps.items()},
-               "rebuilt": detached.names}
-    runs.update(dest, run.run_id, load_progress=DONE,
-                counts={"bulk": figures, "load": {"inserted": inserted, "updated": 0, "deleted": 0, "chunks": 1,
-                                                  "load_seconds": round(seconds, 3)}})
+
+
+# ---------------------------------------------------------------------------
+# A partitioned backfill: each partition streams its key range straight into the table
+#
+# The plan drops the table's indexes and constraints once, and keeps their definitions in
+# the run's report (``report.detached``). Each partition, in one transaction, streams its
+# range as the direct load does (plain rows into the table, side rows into its own stage)
+# and records its counts; a partition that fails leaves nothing, and its retry finds its
+# counts when it had committed. The load checks the streamed rows, puts the indexes back and
+# goes on as a direct load does. A run that never gets to its load leaves the definitions
+# behind: the next run's plan puts them back (``reattach_pending``), and so does a rollback
+# (``undo_detached``), which also empties the table.
+
+
+def detach_for_partitions(dest: psycopg.Connection, entity: Entity, run_id: str) -> Detached:
+    """At the plan, in ``dest``'s transaction (the caller commits): drop the empty table's
+    indexes and constraints once, for every partition's stream, and record how to put them
+    back in the run's report. The table was empty: its before-image is the whole key range,
+    so a rollback of the run empties it."""
+    timeout = _lock_timeout(dest)
+    _lock(dest, entity, timeout)
+    _refuse_rows(dest, entity)
+    detached = _drop(dest, entity, timeout)
+    dest.execute("UPDATE migration.runs SET report = (report - 'reattached') || jsonb_build_object('detached', "
+                 "%s::jsonb) WHERE run_id = %s", (Jsonb(detached.record(dest)), run_id))
+    if not dest.execute("SELECT EXISTS (SELECT 1 FROM migration.before_images WHERE run_id = %s AND "
+                        "op = 'insert_range')", (run_id,)).fetchone()[0]:
+        images.record_insert_range(dest, run_id, entity.schema_name, entity.target_table, None, None)
+    log.info("%s: dropped %d indexes and constraints of %s.%s for the partitions' streams (%s); their "
+             "definitions are kept with run %s until the load puts them back", entity.name, len(detached.names),
+             entity.schema_name, entity.target_table, ", ".join(detached.names), run_id)
+    return detached
+
+
+def pending(run: runs.Run) -> dict[str, Any] | None:
+    """What a run dropped and nobody has put back yet (its record), or None."""
+    if "detached" in run.report and "reattached" not in run.report:
+        return run.report["detached"]
+    return None
+
+
+def _mark_reattached(dest: psycopg.Connection, run_id: str, by: str) -> None:
+    runs.update(dest, run_id, report={"reattached": {"by": by, "at": datetime.now(UTC).isoformat()}})
+
+
+def reattach_pending(dest: psycopg.Connection, entity: Entity, current_run_id: str) -> list[str]:
+    """Put back the indexes and constraints that a run of ``entity`` dropped for its partitions
+    and never put back (it failed, died or was abandoned before its load); commits each.
+    ``current_run_id``: the run planning now (its own earlier plan counts too). A run with a
+    step working right now is left alone, and this refuses. Returns the runs it repaired."""
+    found = dest.execute(
+        "SELECT run_id, report->'detached', migration.advisory_lock_held(%s, run_id) FROM migration.runs "
+        "WHERE entity = %s AND report ? 'detached' AND NOT report ? 'reattached' ORDER BY started_at",
+        (LIVENESS_LOCK_SPACE, entity.name)).fetchall()
     dest.commit()
-    log.info("%s: the stage loaded into the empty table in one COPY: %s rows inserted in %.2f s (%s)", entity.name,
-             f"{inserted:,}", seconds, ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
+    repaired = []
+    for run_id, record, alive in found:
+        if alive and run_id != current_run_id:
+            raise RuntimeError(
+                f"{entity.name}: run {run_id} dropped the indexes of {entity.schema_name}.{entity.target_table} "
+                "for its partitions and is working now; nothing was done. Let it finish (its load puts them "
+                "back), or stop it, then rerun.")
+        timeout = _lock_timeout(dest)
+        _lock(dest, entity, timeout)
+        rebuild(dest, entity, Detached.from_record(record))
+        _mark_reattached(dest, run_id, f"the plan of {current_run_id}")
+        dest.commit()
+        repaired.append(run_id)
+        log.warning("%s: run %s had dropped the indexes and constraints of %s.%s for its partitions and did not "
+                    "get to its load: put back from its record (%s). The rows its partitions committed stay, "
+                    "with their before-images; this run merges over them.", entity.name, run_id,
+                    entity.schema_name, entity.target_table, ", ".join(record["names"]))
+    return repaired
+
+
+def undo_detached(dest: psycopg.Connection, run_ids: list[str], by: str) -> list[tuple[Entity, Detached, int]]:
+    """For a rollback, in its transaction, before it restores the before-images: every run of
+    ``run_ids`` that dropped a table's indexes and did not put them back left only its own rows
+    in that table (it was empty): empty it and put back its own indexes and constraints. The
+    foreign keys pointing at it go back after the before-images (``restore_referrers``), once
+    the rows referring to it are gone too. Returns (entity, what it dropped, rows removed)."""
+    out = []
+    for run_id, entity_name, record in dest.execute(
+            "SELECT run_id, entity, report->'detached' FROM migration.runs WHERE run_id = ANY(%s) "
+            "AND report ? 'detached' AND NOT report ? 'reattached'", (run_ids,)).fetchall():
+        entity = ENTITIES[entity_name]
+        detached = Detached.from_record(record)
+        timeout = _lock_timeout(dest)
+        _lock(dest, entity, timeout)
+        emptied = dest.execute(sql.SQL("DELETE FROM {}").format(target_ident(entity))).rowcount
+        rebuild(dest, entity, detached, referrers=False)
+        _mark_reattached(dest, run_id, by)
+        log.warning("%s: run %s had dropped the indexes of %s.%s for its partitions and not put them back: "
+                    "%d rows its partitions streamed removed, the indexes put back", entity.name, run_id,
+                    entity.schema_name, entity.target_table, emptied)
+        out.append((entity, detached, emptied))
+    return out
+
+
+def restore_referrers(dest: psycopg.Connection, undone: list[tuple[Entity, Detached, int]]) -> None:
+    for entity, detached, _ in undone:
+        rebuild(dest, entity, detached, own=False)
+
+
+def stream_partition(conns: Any, entity: Entity, run: runs.Run, part: dict[str, Any]) -> dict[str, Any]:
+    """One partition of a partitioned run into the empty table, in one transaction: its key
+    range's plain rows into the table, its side rows into its own stage (a child of the run's),
+    and its counts in the run's record. Returns its counts; when it had committed before (a
+    retry), returns them as recorded and writes nothing."""
+    partition = part["partition"]
+    label = f"{entity.name} partition {partition + 1}/{part['of']}"
+    scope = Scope(kind="all", key_range=tuple(part["key_range"]))
+    stage = stage_name(run.run_id, partition)
+    target = f"{entity.schema_name}.{entity.target_table}"
+    started = time.perf_counter()
+    with db.connection(conns.dest, application="migration-partition") as dest:
+        # One attempt of a partition at a time, whatever Airflow does.
+        dest.execute("SELECT pg_advisory_xact_lock(hashtext(%s), %s)", (run.run_id, partition))
+        timeout = _lock_timeout(dest)
+        # Partitions write side by side (ROW EXCLUSIVE); the load, or another run's plan
+        # putting the indexes back, takes the table whole and waits for them.
+        _lock(dest, entity, timeout, mode="ROW EXCLUSIVE")
+        record, done = dest.execute(
+            "SELECT CASE WHEN report ? 'reattached' THEN NULL ELSE report->'detached' END, "
+            "counts->'partitions'->%s FROM migration.runs WHERE run_id = %s", (str(partition), run.run_id)).fetchone()
+        if done is not None:
+            dest.rollback()
+            log.info("%s: committed before (%s rows streamed into %s, %s side rows); nothing to do", label,
+                     f"{done['streamed']:,}", target, f"{done['side']:,}")
+            return done
+        if record is None:
+            raise RuntimeError(
+                f"{label}: the indexes this run dropped from {target} were put back (another run's plan or a "
+                "rollback found it unfinished); nothing was written. Clear this DAG run from its plan task.")
+        dest.execute("SET LOCAL session_replication_role = replica")
+        create_stage(dest, entity, stage)
+        streamed = stream(conns.legacy, dest, entity, stage, scope, freeze=False)
+        relayed = streamed.relayed
+        if streamed.source_rows != relayed.loaded + relayed.side:
+            raise AccountingMismatch(
+                f"{label}: the source has {streamed.source_rows} rows in this range but {relayed.loaded} were "
+                f"streamed and {relayed.side} staged; nothing was written. Rerun; if it repeats, the transform "
+                "SQL drops rows (a bug).")
+        attach_partition(dest, stage_name(run.run_id), stage)
+        seconds = time.perf_counter() - started
+        figures = {"stage_table": stage, "rows": relayed.loaded + relayed.side, "streamed": relayed.loaded,
+                   "side": relayed.side, "source_rows": streamed.source_rows, "seconds": round(seconds, 3),
+                   "bytes": relayed.bytes, "extracted_at": streamed.snapshot_at.isoformat(),
+                   "max_change_ts": relayed.max_change_ts.isoformat() if relayed.max_change_ts else None}
+        runs.record_partition(dest, run.run_id, partition, figures)
+        dest.commit()
+    lo, hi = part["key_range"]
+    log.info("%s: key range (%s, %s]: %s source rows, %s streamed into %s, %s side rows into stage %s, "
+             "committed in %.2f s", label, "start" if lo is None else lo, "end" if hi is None else hi,
+             f"{streamed.source_rows:,}", f"{relayed.loaded:,}", target, f"{relayed.side:,}", stage, seconds)
+    return figures
+
+
+def load_partitioned(dest: psycopg.Connection, entity: Entity, run: runs.Run) -> dict[str, Any]:
+    """The load of a partitioned run into the empty table, whose partitions streamed their rows
+    into it (``stream_partition``). One transaction, with the ledgers and the progress mark:
+    the proof that the table holds every row the partitions streamed, the destination checks
+    (on the side rows, set-based on the streamed ones), the indexes and constraints put back
+    from the run's record. ``dest`` holds the entity's lock."""
+    assert run.stage_table is not None
+    record = pending(run)
+    if record is None:
+        raise RuntimeError(
+            f"{entity.name}: the indexes run {run.run_id} dropped were put back before its load "
+            f"({run.report.get('reattached', {}).get('by')}); nothing was written. Clear this DAG run from its "
+            "plan task.")
+    started = time.perf_counter()
+    parts = [run.counts["partitions"][str(i)] for i in range(len(run.report["partitions"]))]
+    timeout = _lock_timeout(dest)
+    _lock(dest, entity, timeout, parents=True)
+    dest.execute("SET LOCAL session_replication_role = replica")
+    dest.execute("SET LOCAL maintenance_work_mem = '256MB'")
+    streamed = sum(p["streamed"] for p in parts)
+    present = dest.execute(sql.SQL("SELECT count(*) FROM {}").format(target_ident(entity))).fetchone()[0]
+    target = f"{entity.schema_name}.{entity.target_table}"
+    proof = " + ".join(f"{p['streamed']:,}" for p in parts) + (
+        f" = {streamed:,} rows streamed by the {len(parts)} partitions, {present:,} rows in {target}")
+    if present != streamed:
+        raise AccountingMismatch(
+            f"{entity.name}: the partitions' proof fails: {proof}; nothing was loaded. Another session changed the "
+            f"table since the partitions streamed (a delete cascading from a parent, for one). Roll the run back "
+            "(it empties the table and puts its indexes back) and run it again.")
+    steps = {"proof": time.perf_counter() - started}
+    moved, repaired, repairs = _destination_checks(dest, entity, run.stage_table, steps)
+    detached = Detached.from_record(record)
+    steps["index builds"] = rebuild(dest, entity, detached)
+    _ledgers(dest, entity, run, steps)
+    _mark_reattached(dest, run.run_id, "its load")
+    changes = [p["max_change_ts"] for p in parts if p.get("max_change_ts")]
+    inserted = streamed - moved + repaired
+    figures = {"streamed_loaded": streamed - moved, "streamed_side": sum(p["side"] for p in parts),
+               "moved_to_quarantine": moved, "repaired_loaded": repaired, "bytes": sum(p["bytes"] for p in parts),
+               "max_change_ts": max(changes, key=datetime.fromisoformat) if changes else None,
+               "steps": {k: round(v, 3) for k, v in steps.items()}, "rebuilt": detached.names,
+               "partitions_streamed": [p["streamed"] for p in parts]}
+    seconds = time.perf_counter() - started
+    runs.update(dest, run.run_id, load_progress=DONE,
+                counts={"direct": figures, "load": {"inserted": inserted, "updated": 0, "deleted": 0, "chunks": 1,
+                                                    "load_seconds": round(seconds, 3)}},
+                report={"repaired": repairs})
+    dest.commit()
+    log.info("%s: partitioned load committed in %.2f s: %d indexes and constraints rebuilt (%s) in %.2f s; proof: "
+             "%s; then %d moved to quarantine, %d repaired rows loaded from the stage: %s rows inserted",
+             entity.name, seconds, len(detached.names), ", ".join(detached.names), steps["index builds"], proof,
+             moved, repaired, f"{inserted:,}")
     return figures
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from types import ModuleType
@@ -106,7 +107,7 @@ def extract(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_r
     with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix=f"extract-{entity_name}") as pool:
         done = list(pool.map(lambda part: extract_partition(conns, entity_name, part), parts))
     return {"run_id": parts[0]["run_id"], "stage_rows": sum(d["stage_rows"] for d in done),
-            "scope": done[0]["scope"], "load_method": "staged", "partitions": len(parts)}
+            "scope": done[0]["scope"], "load_method": parts[0]["load_method"], "partitions": len(parts)}
 
 
 def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run: bool,
@@ -117,8 +118,9 @@ def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run:
     Returns one small descriptor per partition, for ``extract_partition`` (the DAG maps
     its extract task over them). ``options``: the entity's own params (see
     ``entity_hooks``), kept with the run for its later steps. ``load_method``: see
-    ``LOAD_METHODS``. ``partitions``: how many key ranges extract side by side; more
-    than one always stages (a direct load is one stream in one transaction). ``detect_changes``:
+    ``LOAD_METHODS``. ``partitions``: how many key ranges extract side by side. Into an
+    empty table each streams its range straight into it (the indexes are dropped here,
+    once, and rebuilt by the load); otherwise each stages its range. ``detect_changes``:
     a full, staged, single-partition run over a populated destination first compares the
     source and the destination per key range and stages only the ranges that differ
     (changes.py); False stages every row."""
@@ -127,9 +129,12 @@ def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run:
     if partitions < 1:
         raise ValueError(f"partitions={partitions}: expected 1 or more")
     entity = get(entity_name)
+    run_id = runs.make_run_id(entity.name, dag_run_id)
     # Runs of this entity whose process died are marked now, not left 'running' for ever.
-    abandoned.mark_abandoned(conns.dest, entity.name, found_by=runs.make_run_id(entity.name, dag_run_id))
+    abandoned.mark_abandoned(conns.dest, entity.name, found_by=run_id)
     with db.connection(conns.dest) as dest:
+        # A run that dropped the table's indexes for its partitions and never loaded: put them back first.
+        direct.reattach_pending(dest, entity, run_id)
         run = runs.start(dest, entity.name, dag_run_id, mode, dry_run)
         if run.status == "abandoned":
             # Cleared by an operator after it was found dead: it starts again from a new stage.
@@ -137,59 +142,56 @@ def plan(conns: Conns, entity_name: str, dag_run_id: str, *, mode: str, dry_run:
             runs.update(dest, run.run_id, status="running")
             run.status = "running"
         scope = extract_mod.plan_scope(dest, entity, mode)
-        why_staged = _why_staged(dest, entity, scope, dry_run=dry_run, load_method=load_method,
-                                 partitions=partitions)
-        method = "staged" if why_staged else "direct"
-        # A partitioned backfill into an empty table: staged, then copied in whole (direct.load_stage).
-        bulk = method == "staged" and partitions > 1 and load_method == "auto" and scope.kind == "all" \
-            and not dry_run and direct.eligibility(dest, entity) is None
-        runs.update(dest, run.run_id, report={"options": options or {}, "load_method": method,
-                                              "bulk_into_empty": bulk, "changes": None})
-        dest.commit()
-    if mode == "full" and method == "staged" and scope.kind == "all" and not bulk:
-        _compare_first(conns, entity, run.run_id, scope, dry_run=dry_run, partitions=partitions,
-                       detect_changes=detect_changes)
-    log.info("%s: %s run %s%s; scope: %s", entity.name, mode, run.run_id, " (dry run)" if dry_run else "",
-             scope.describe())
-    descriptor = {"run_id": run.run_id, "scope": scope.kind, "load_method": method}
-    if method == "direct":
-        table = extract_mod.stage_name(run.run_id)
-        with db.connection(conns.dest) as dest:
-            extract_mod.create_stage(dest, entity, table)
-            runs.update(dest, run.run_id, scope=_scope_record(scope), stage_table=table, stage_rows=None,
-                        source_rows=None, load_progress=None, report={"partitions": None})
-            dest.commit()
-        log.info("%s: %s.%s is empty, so the load will stream the transformed source straight into it "
-                 "(direct load); nothing is staged now", entity.name, entity.schema_name, entity.target_table)
-        return [descriptor]
-    if scope.kind == "all" and not dry_run:
-        log.info("%s: loading through the stage: %s%s", entity.name, why_staged,
-                 f"; {entity.schema_name}.{entity.target_table} is empty, so the load will copy the stage into it "
-                 "in one COPY, its indexes rebuilt after" if bulk else "")
+        why_staged = _why_staged(dest, entity, scope, dry_run=dry_run, load_method=load_method)
+        dest.rollback()
     ranges: list[tuple[str | None, str | None]] = [(None, None)]
     if partitions > 1:
         with db.connection(conns.legacy) as legacy:
             legacy.read_only = True
             ranges = extract_mod.key_ranges(legacy, entity, partitions)
+    method = "staged" if why_staged else "direct"
+    changes_found = None
+    if mode == "full" and method == "staged" and scope.kind == "all":
+        changes_found = _compare_first(conns, entity, scope, dry_run=dry_run, partitions=partitions,
+                                       detect_changes=detect_changes)
+    log.info("%s: %s run %s%s; scope: %s", entity.name, mode, run.run_id, " (dry run)" if dry_run else "",
+             scope.describe())
+    descriptor = {"run_id": run.run_id, "scope": scope.kind, "load_method": method}
     table = extract_mod.stage_name(run.run_id)
     with db.connection(conns.dest) as dest:
-        if len(ranges) > 1:
-            # The run's stage: empty itself, the parent of every partition's stage.
-            extract_mod.create_stage(dest, entity, table)
-            extract_mod.index_stage(dest, entity, table)
         runs.update(dest, run.run_id, scope=_scope_record(scope), stage_table=table, stage_rows=None,
                     source_rows=None, load_progress=None, counts={"partitions": {}},
-                    report={"partitions": [list(r) for r in ranges] if len(ranges) > 1 else None})
+                    report={"options": options or {}, "load_method": method, "changes": changes_found,
+                            "partitions": [list(r) for r in ranges] if len(ranges) > 1 else None})
+        if method == "direct" or len(ranges) > 1:
+            # The run's stage: empty itself, the parent of every partition's stage (direct: of the side rows).
+            extract_mod.create_stage(dest, entity, table)
+        if len(ranges) > 1:
+            extract_mod.index_stage(dest, entity, table)
+            if method == "direct":
+                direct.detach_for_partitions(dest, entity, run.run_id)
         dest.commit()
+    _log_how(entity, why_staged, ranges, partitions, full=scope.kind == "all" and not dry_run)
+    if len(ranges) == 1:
+        return [descriptor]
+    return [{**descriptor, "partition": i, "of": len(ranges), "key_range": list(r)} for i, r in enumerate(ranges)]
+
+
+def _log_how(entity: Entity, why_staged: str | None, ranges: list, partitions: int, *, full: bool) -> None:
+    """The plan's choices, for the on-call reader: the partitions, and how the rows reach the table."""
     if len(ranges) > 1:
         log.info("%s: %d partitions by %s: %s", entity.name, len(ranges), entity.key,
                  "; ".join(_describe_range(r) for r in ranges))
     elif partitions > 1:
         log.info("%s: one partition, not %d: the source table has too few rows to split", entity.name,
                  partitions)
-    if len(ranges) == 1:
-        return [descriptor]
-    return [{**descriptor, "partition": i, "of": len(ranges), "key_range": list(r)} for i, r in enumerate(ranges)]
+    if why_staged is None:
+        log.info("%s: %s.%s is empty, so %s straight into it (direct load), the side rows into the stage",
+                 entity.name, entity.schema_name, entity.target_table,
+                 "each partition streams its key range" if len(ranges) > 1
+                 else "the load will stream the transformed source")
+    elif full:
+        log.info("%s: loading through the stage: %s", entity.name, why_staged)
 
 
 def _scope_record(scope: extract_mod.Scope) -> dict[str, Any]:
@@ -198,10 +200,11 @@ def _scope_record(scope: extract_mod.Scope) -> dict[str, Any]:
     return {**scope.as_dict(), "ranges": scope.ranges}
 
 
-def _compare_first(conns: Conns, entity: Entity, run_id: str, scope: extract_mod.Scope, *, dry_run: bool,
-                   partitions: int, detect_changes: bool) -> None:
+def _compare_first(conns: Conns, entity: Entity, scope: extract_mod.Scope, *, dry_run: bool,
+                   partitions: int, detect_changes: bool) -> dict[str, Any] | None:
     """A full run over a populated destination: narrow ``scope`` to the key ranges that differ
-    (changes.py), and keep the comparison's figures with the run; or log why every row is staged."""
+    (changes.py) and return the comparison's figures, for the run's report; or log why every
+    row is staged and return None."""
     from include.migration import changes
 
     why_not = (changes.why_not(entity) or ("the detect_changes param is off" if not detect_changes else None)
@@ -215,25 +218,19 @@ def _compare_first(conns: Conns, entity: Entity, run_id: str, scope: extract_mod
                 why_not = f"{entity.schema_name}.{entity.target_table} is empty: every row is new"
     if why_not is not None:
         log.info("%s: change detection off, every source row is staged: %s", entity.name, why_not)
-        return
+        return None
     diff = changes.compare(conns.legacy, conns.dest, entity)
     scope.ranges = diff.ranges
-    with db.connection(conns.dest) as dest:
-        runs.update(dest, run_id, report={"changes": diff.as_dict()})
-        dest.commit()
     log.info("%s: change detection: %s", entity.name, diff.summary())
+    return diff.as_dict()
 
 
-def _why_staged(dest, entity: Entity, scope: extract_mod.Scope, *, dry_run: bool, load_method: str,
-                partitions: int) -> str | None:
+def _why_staged(dest, entity: Entity, scope: extract_mod.Scope, *, dry_run: bool, load_method: str) -> str | None:
     """Why the run goes through the stage, or None when it may load directly."""
     if dry_run:
         return "a dry run compares the stage with the destination"
     if scope.kind != "all":
         return "an incremental run merges its changes"
-    if partitions > 1:
-        return f"partitions={partitions}: the partitions extract side by side into the stage (a direct load is " \
-               "one stream)"
     if load_method == "auto":
         return direct.eligibility(dest, entity)
     return "the load_method param says staged"
@@ -254,27 +251,28 @@ def _describe_range(key_range: Any) -> str:
 @_keeps_run_alive
 def extract_partition(conns: Conns, entity_name: str, part: dict[str, Any]) -> dict[str, Any]:
     """Stream a partition's transformed source rows into its stage (the whole scope when the
-    run has one partition). A direct run stages nothing here: its load streams."""
+    run has one partition). A direct run's partition streams its key range straight into the
+    empty table (``direct.stream_partition``); a direct run of one stream stages nothing here:
+    its load streams."""
     entity = get(entity_name)
     run_id = part["run_id"]
-    if part["load_method"] == "direct":
+    partition = part.get("partition")
+    if part["load_method"] == "direct" and partition is None:
         return {"run_id": run_id, "stage_rows": None, "scope": part["scope"], "load_method": "direct"}
     with db.connection(conns.dest) as dest:
         run = _run(dest, run_id)
+    if part["load_method"] == "direct":
+        with _schema_mismatch(entity):
+            done = direct.stream_partition(conns, entity, run, part)
+        return {"run_id": run_id, "stage_rows": done["rows"], "scope": part["scope"], "load_method": "direct",
+                "partition": partition}
     scope = extract_mod.Scope(**run.scope)
-    partition = part.get("partition")
     label = entity.name
     if partition is not None:
         scope.key_range = tuple(part["key_range"])
         label = f"{entity.name} partition {partition_label(part)}"
-    try:
+    with _schema_mismatch(entity):
         res = extract_mod.extract(conns.legacy, conns.dest, entity, run_id, scope, partition=partition)
-    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable, psycopg.errors.DatatypeMismatch,
-            psycopg.errors.UndefinedFunction, psycopg.errors.InvalidBinaryRepresentation) as exc:
-        raise SchemaMismatch(
-            f"{entity.name}: the legacy schema no longer fits the {entity.name} mapping: "
-            f"{exc.diag.message_primary}. Nothing was loaded. The schema_diff DAG lists every difference "
-            "and how to clear it.") from None
     rate = res.rows / res.seconds if res.seconds else 0.0
     log.info("%s: extracted %s rows (%.1f MB) from %s into stage %s in %.2f s, %s rows/s",
              label, fmt_rows(res.rows), res.bytes / 1e6, db.describe(conns.legacy), res.stage_table,
@@ -303,6 +301,19 @@ def extract_partition(conns: Conns, entity_name: str, part: dict[str, Any]) -> d
             "nothing was loaded. Rerun; if it repeats, the transform SQL drops rows (a bug).")
     return {"run_id": run_id, "stage_rows": res.rows, "scope": scope.kind, "load_method": "staged",
             **({"partition": partition} if partition is not None else {})}
+
+
+@contextmanager
+def _schema_mismatch(entity: Entity) -> Iterator[None]:
+    """A legacy schema that no longer fits the mapping, said so (the transform SQL fails on it)."""
+    try:
+        yield
+    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable, psycopg.errors.DatatypeMismatch,
+            psycopg.errors.UndefinedFunction, psycopg.errors.InvalidBinaryRepresentation) as exc:
+        raise SchemaMismatch(
+            f"{entity.name}: the legacy schema no longer fits the {entity.name} mapping: "
+            f"{exc.diag.message_primary}. Nothing was loaded. The schema_diff DAG lists every difference "
+            "and how to clear it.") from None
 
 
 def gather_partitions(dest, entity: Entity, run: runs.Run) -> runs.Run:
@@ -408,10 +419,14 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
             wm = runs.watermark(dest, entity.name)
             runs.update(dest, run_id, report={"watermark_before": runs.jsonable(wm.__dict__) if wm else None})
             dest.commit()
-        if is_direct(run) or run.load_progress == direct.DONE or _bulk(dest, entity, run):
-            # One transaction into the empty table: the stream (direct), or the stage copied in whole.
+        if is_direct(run) or run.load_progress == direct.DONE:
+            # One transaction into the empty table: the stream, or (partitioned) what the partitions streamed.
             if run.load_progress != direct.DONE:
-                (direct.load if is_direct(run) else direct.load_stage)(conns, dest, entity, run)
+                if run.report.get("partitions"):
+                    # Every partition must have streamed (the transform checked it; a load cleared alone has not).
+                    direct.load_partitioned(dest, entity, gather_partitions(dest, entity, run))
+                else:
+                    direct.load(conns, dest, entity, run)
                 run = _run(dest, run_id)
             result = load_mod.LoadResult.from_counts(run.counts["load"])
         else:
@@ -438,18 +453,6 @@ def load(conns: Conns, entity_name: str, run_id: str, *, batch_size: int = DEFAU
     enforce_quarantine_threshold(conns.dest, entity, run, quarantine_threshold_pct)
     check_lockdown(conns)
     return {"run_id": run_id, **result.as_dict()}
-
-
-def _bulk(dest, entity: Entity, run: runs.Run) -> bool:
-    """Whether a staged run copies its stage into the empty table in one go (``direct.load_stage``):
-    planned so, not begun as a merge, and the table still fit for it."""
-    if not run.report.get("bulk_into_empty") or run.load_progress is not None:
-        return False
-    why_not = direct.eligibility(dest, entity)
-    dest.rollback()
-    if why_not:
-        log.info("%s: merging the stage chunk by chunk, not copying it in whole: %s", entity.name, why_not)
-    return why_not is None
 
 
 class LockdownBroken(RuntimeError):

@@ -8,7 +8,9 @@ removed, and the ones their cleanup removed are put back when their rows come
 back (``media_restore.py``), or the rollback is refused, saying which and why.
 Then it proves the result: each affected table's fingerprint (row
 count and checksum) must equal the one recorded when the last run before
-them finished (or an empty table, when there was none).
+them finished (or an empty table, when there was none). A partitioned run into
+an empty table that never reached its load had dropped the table's indexes: the
+rollback empties the table and puts them back from the run's record.
 
 It holds the write lock of every entity it undoes (``runs.EntityLock``, the
 lock loads take) from before it chooses the runs to undo until it has
@@ -23,7 +25,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from include.migration import db, images, runs
+from include.migration import db, direct, images, runs
 from include.migration.entities import ENTITIES, ORDER
 from include.migration.reconcile import fingerprint
 
@@ -95,11 +97,18 @@ def rollback(dest_dsn: str, run_id: str, *, since: bool = False, storage_remover
         ids = [r[0] for r in selected]
         result = RollbackResult(ids)
         earliest = selected[-1][2]
+        # A partitioned run into an empty table that never reached its load left the table
+        # without its indexes: emptied and indexed again first, its before-images then find it so.
+        undone = direct.undo_detached(conn, ids, f"rollback of {run_id}")
+        for emptied_entity, _, emptied in undone:
+            label = images.table_label(emptied_entity.schema_name, emptied_entity.target_table)
+            result.restored[label] = result.restored.get(label, 0) + emptied
         rows = conn.execute(
             "SELECT entity, op, row_image, keys FROM migration.before_images WHERE run_id = ANY(%s) "
             "ORDER BY recorded_at DESC, ctid DESC", (ids,)).fetchall()
         for label, op, image, keys in rows:
             result.restored[label] = result.restored.get(label, 0) + images.restore(conn, label, op, image, keys)
+        direct.restore_referrers(conn, undone)
         _restore_watermarks(conn, selected)
         result.restored_objects = _restore_removed_objects(conn, ids, run_id, storage_restorer)
         restored = set(result.restored_objects)

@@ -44,9 +44,10 @@ def entity_params() -> dict[str, Param]:
             "chunks. staged: always stage (chunk-by-chunk progress; the table stays readable).")),
         "partitions": Param(1, type="integer", minimum=1, maximum=64, description=(
             "Split the source into this many key ranges of about equal size, each extracted by its own "
-            "task (side by side, one per worker), into one stage that is then loaded as one. More than 1 "
-            "always stages (a direct load is one stream); into an empty table the stage is then copied in "
-            "whole, indexes rebuilt after. A run started by its parent's asset takes the parent's.")),
+            "task (side by side, one per worker). Into an empty table (load_method auto) each task streams "
+            "its range straight into it, in its own transaction, and the load rebuilds the indexes once; "
+            "otherwise each stages its range and the stage is merged as one. A run started by its parent's "
+            "asset takes the parent's.")),
         "detect_changes": Param(True, type="boolean", description=(
             "A full run over a populated table first compares the source and the destination per key "
             "range (checksums inside each database) and stages only the ranges that differ; the rest are "

@@ -44,7 +44,7 @@ from psycopg import sql
 from local_runtime import airflow_stack
 from local_runtime import cluster as local_cluster
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the project: dags/, plugins/, .local/
 DAG_ID = "migrate_messages"
 PARTITIONS = (1, 2, 4)
 METADATA_DB = "bench_airflow"
@@ -291,6 +291,20 @@ def cluster_step(b: Any, server: Any, steps: list[dict]) -> dict[str, Any]:
     return out
 
 
+def measure_limit(legacy: str, dest: str) -> float:
+    """The limit alone (``make bench`` measures it in its own step): seconds of a raw binary
+    ``COPY`` of the legacy messages table into an empty scratch table."""
+    from local_runtime.bench.server import drop_scratch, scratch_table
+    from local_runtime.bench.steps import step_limit
+
+    scratch_table(legacy, dest, "bench_limit", "messages")
+    started = time.perf_counter()
+    step_limit(legacy, dest, "messages")
+    seconds = time.perf_counter() - started
+    drop_scratch(dest, "bench_limit")
+    return seconds
+
+
 def _main(argv: list[str]) -> int:
     """Alone: seed a world, load the parents of messages in-process, then the cluster step."""
     from include.migration import pipeline
@@ -310,7 +324,7 @@ def _main(argv: list[str]) -> int:
         for entity in ("users", "agents", "conversations"):
             pipeline.run_entity(pipeline.Conns(legacy, dest), entity, f"bench-cluster-{entity}", mode="full",
                                 validate_with_gx=False, reconcile_after=False, quarantine_threshold_pct=100)
-        out = run_cluster_partitions(legacy, dest, server.base_uri, limit_seconds=None,
+        out = run_cluster_partitions(legacy, dest, server.base_uri, limit_seconds=measure_limit(legacy, dest),
                                      postmaster_pid=server.postmaster_pid,
                                      state_dir=ROOT / ".local" / "bench-cluster")
     finally:
