@@ -137,19 +137,26 @@ def test_a_full_rerun_stages_only_what_differs_and_ends_as_a_whole_stage_would(t
     assert ("agents", "owner_quarantined") in quarantined and ("conversations", "user_quarantined") in quarantined
 
 
-def test_a_destination_changed_behind_the_comparison_fails_the_accounting(world, tmp_path):
-    """The rows of the ranges found equal are accounted from the destination; the accounting
-    checks them against the source rows the comparison counted there, so a destination row
-    lost between the comparison and the load does not pass unnoticed."""
-    from include.migration.accounting import AccountingMismatch
+def _agents_rerun_extracted(world, tmp_path, dag_run_id: str) -> str:
+    """A seeded world with users and agents backfilled, then a full rerun of the agents extracted and
+    transformed (its comparison done, nothing loaded yet); returns the rerun's run id."""
     from local_runtime.world import seed
 
     seed(world.legacy, scale="small", media_root=tmp_path / "media")
     for name in ("users", "agents"):
         pipeline.run_entity(world, name, "backfill", mode="full", validate_with_gx=False,
                             quarantine_threshold_pct=100)
-    run_id = pipeline.extract(world, "agents", "behind", mode="full", dry_run=False)["run_id"]
+    run_id = pipeline.extract(world, "agents", dag_run_id, mode="full", dry_run=False)["run_id"]
     pipeline.transform(world, "agents", run_id)
+    return run_id
+
+
+def test_a_destination_changed_behind_the_comparison_fails_the_accounting(world, tmp_path):
+    """The rows of the ranges found equal are accounted from the destination; the accounting
+    checks them against the source rows the comparison counted there, so a destination row
+    lost between the comparison and the load does not pass unnoticed."""
+    from include.migration.accounting import AccountingMismatch
+    run_id = _agents_rerun_extracted(world, tmp_path, "behind")
     assert _run_changes(world.dest, run_id)["differing_ranges"] == 0
     with psycopg.connect(world.dest) as conn:
         conn.execute("DELETE FROM public.agents WHERE id = (SELECT min(id::text)::uuid FROM public.agents)")
@@ -167,14 +174,7 @@ def test_the_reconciliation_compares_every_row_when_the_destination_changed_outs
     """After a full run that staged only what differed, the reconciliation sums the destination
     outside the staged ranges in one checksum, vouched for by the run's comparison; a row
     changed there since makes it compare every row, and name the key."""
-    from local_runtime.world import seed
-
-    seed(world.legacy, scale="small", media_root=tmp_path / "media")
-    for name in ("users", "agents"):
-        pipeline.run_entity(world, name, "backfill", mode="full", validate_with_gx=False,
-                            quarantine_threshold_pct=100)
-    run_id = pipeline.extract(world, "agents", "later", mode="full", dry_run=False)["run_id"]
-    pipeline.transform(world, "agents", run_id)
+    run_id = _agents_rerun_extracted(world, tmp_path, "later")
     pipeline.load(world, "agents", run_id, quarantine_threshold_pct=100)
     with psycopg.connect(world.dest) as conn:
         key = conn.execute("UPDATE public.agents SET name = name || ' (changed)' "

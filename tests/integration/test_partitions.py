@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -233,17 +234,26 @@ def test_a_partition_killed_mid_stream_is_redone_alone(twin, tmp_path: Path):
     assert fetch(split.dest, accounting) == fetch(one.dest, accounting)
 
 
+def _one_partition_streamed(split, one, dag_run_id: str) -> tuple[Any, list[dict]]:
+    """``one`` fully migrated; in ``split`` the parents loaded, a 2-partition backfill of the messages
+    planned and its first partition streamed. Returns the messages table's catalog before, and the parts."""
+    from tests.integration.test_direct_load import catalog
+
+    run_all(one, "full")
+    _parents_loaded(split)
+    before = catalog(split.dest)
+    parts = pipeline.plan(split, "messages", dag_run_id, mode="full", dry_run=False, partitions=2)
+    pipeline.extract_partition(split, "messages", parts[0])
+    return before, parts
+
+
 def test_a_run_that_died_before_its_load_leaves_the_next_run_its_indexes(twin):
     """The plan dropped the indexes and a partition streamed; the load never ran. The next
     run's plan puts the indexes back from the dead run's record, and merges over its rows."""
     from tests.integration.test_direct_load import catalog
 
     split, one = twin
-    run_all(one, "full")
-    _parents_loaded(split)
-    before = catalog(split.dest)
-    parts = pipeline.plan(split, "messages", "died", mode="full", dry_run=False, partitions=2)
-    pipeline.extract_partition(split, "messages", parts[0])
+    before, parts = _one_partition_streamed(split, one, "died")
     assert catalog(split.dest) != before  # the partitions stream into the table without its indexes
     (recorded,), = fetch(split.dest, "SELECT report->'detached'->'names' FROM migration.runs WHERE run_id = %s",
                          parts[0]["run_id"])
@@ -288,11 +298,7 @@ def test_a_run_cleared_from_its_plan_after_a_partition_put_its_indexes_back_firs
     from tests.integration.test_direct_load import catalog
 
     split, one = twin
-    run_all(one, "full")
-    _parents_loaded(split)
-    before = catalog(split.dest)
-    parts = pipeline.plan(split, "messages", "full", mode="full", dry_run=False, partitions=2)
-    pipeline.extract_partition(split, "messages", parts[0])
+    before, parts = _one_partition_streamed(split, one, "full")
     again = pipeline.plan(split, "messages", "full", mode="full", dry_run=False, partitions=2)
     assert catalog(split.dest) == before
     assert {p["load_method"] for p in again} == {"staged"}
