@@ -10,13 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,28 +31,6 @@ def airflow_world(world, airflow_db, monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW_CONN_SUPABASE_DB", world.dest)
     monkeypatch.setenv("MIGRATION_STATE_DIR", str(tmp_path / "reports"))
     return world
-
-
-@pytest.fixture
-def local_airflow_in(fresh_db, tmp_path) -> Callable[..., Any]:
-    """Factory of a local Airflow (``local_runtime.airflow_stack``) on a fresh metadata database
-    named ``prefix``, serving the DAGs in ``tmp_path / "dags"`` (created empty), on a free port."""
-    from local_runtime import airflow_stack as local_airflow
-
-    def make(prefix: str, plugins_folder: Path, **kwargs: Any) -> local_airflow.LocalAirflow:
-        metadata = fresh_db(prefix)
-        dags = tmp_path / "dags"
-        dags.mkdir()
-        return local_airflow.LocalAirflow(
-            state_dir=tmp_path / "state",
-            sql_alchemy_conn="postgresql+psycopg2://" + metadata.split("://", 1)[1],
-            dags_folder=dags,
-            plugins_folder=plugins_folder,
-            port=free_port(),
-            **kwargs,
-        )
-
-    return make
 
 
 def load_dag(dag_id: str):

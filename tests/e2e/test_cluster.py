@@ -41,7 +41,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 ENTITY = "users"
 DAG_ID = f"migrate_{ENTITY}"
-HEARTBEAT_TIMEOUT = 20
+# A dead worker's task is failed this long after its last heartbeat (the product's default is 300 s);
+# live tasks beat every HEARTBEAT_INTERVAL seconds, so a busy machine still has several beats of margin.
+HEARTBEAT_TIMEOUT = 12
+HEARTBEAT_INTERVAL = 2
 
 LOCK_WAIT = 10  # how long the losing sync waits for the entity's write lock (the product's default is 60 s)
 RACE_DAG = '''
@@ -125,7 +128,8 @@ def celery(pg_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
         extra_env={
             **cl.airflow_env(metadata),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL),
             "MIGRATION_RETRY_DELAY_SECONDS": "2",
             "AIRFLOW_CONN_LEGACY_DB": legacy,
             "AIRFLOW_CONN_SUPABASE_DB": dest,
@@ -232,9 +236,10 @@ def _kill(c: Cluster, victim: str) -> None:
     assert killed and not any(_alive(pid) for pid in killed)
 
 
-def _restart(c: Cluster, name: str) -> None:
+def _restart(c: Cluster, name: str, *, wait: bool = True) -> None:
     local_cluster.start_worker(c.cluster, c.af, name)
-    local_cluster.wait_for_workers(c.cluster, [name])
+    if wait:
+        local_cluster.wait_for_workers(c.cluster, [name])
 
 
 def test_workers_killed_mid_extract_and_mid_load_are_retried_on_the_other_and_nothing_is_lost(
@@ -258,9 +263,10 @@ def test_workers_killed_mid_extract_and_mid_load_are_retried_on_the_other_and_no
             _kill(c, victims["extract"])
             down.append(victims["extract"])
             source_lock.rollback()  # the blocked backend of the dead task now ends on its own
-            # The retry runs on the survivor (the only worker); only then does the dead one come back.
+            # The retry runs on the survivor (the only worker); only then does the dead one come back
+            # (while it starts, the load can only go to the survivor: either way, its worker dies next).
             _succeeded(c, DAG_ID, run_id, "extract")
-            _restart(c, down.pop())
+            _restart(c, down.pop(), wait=False)
 
             _blocked_on(c.dest, "migration.run_accounting")
             victims["load"] = _running_on(c, DAG_ID, run_id, "load")
@@ -270,7 +276,8 @@ def test_workers_killed_mid_extract_and_mid_load_are_retried_on_the_other_and_no
         finished = c.client.wait_for_run(DAG_ID, run_id, timeout=900)
     finally:
         for name in down:  # back to two workers for the next test
-            _restart(c, name)
+            _restart(c, name, wait=False)
+        local_cluster.wait_for_workers(c.cluster, c.cluster.workers)
     assert finished["state"] == "success"
 
     for task_id, victim in victims.items():

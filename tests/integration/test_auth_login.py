@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+
 import bcrypt
 import psycopg
 import pytest
 
 from include.migration import pipeline
 from local_runtime.report import password_check
+from tests.conftest import create_database, drop_database
 
 # The relational entities (media has its own tests: it needs Storage).
 RELATIONAL = ("users", "agents", "conversations", "messages")
@@ -15,14 +18,21 @@ RELATIONAL = ("users", "agents", "conversations", "messages")
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def migrated(world, tmp_path):
+@pytest.fixture(scope="module")
+def migrated(pg_uri, tmp_path_factory):
+    """The small world migrated once for the module: every test here only reads it."""
+    from include.migration.bootstrap import bootstrap
     from local_runtime.world import seed
 
-    report = seed(world.legacy, scale="small", media_root=tmp_path / "media")
+    names = [f"auth_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("legacy", "dest")]
+    world = pipeline.Conns(*(create_database(pg_uri, name) for name in names))
+    bootstrap(world.dest)
+    report = seed(world.legacy, scale="small", media_root=tmp_path_factory.mktemp("auth") / "media")
     for name in RELATIONAL:
         pipeline.run_entity(world, name, "auth", mode="full", validate_with_gx=False)
-    return world, report
+    yield world, report
+    for name in names:
+        drop_database(pg_uri, name)
 
 
 def test_known_passwords_verify_and_wrong_ones_fail(migrated):
