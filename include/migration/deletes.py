@@ -115,14 +115,19 @@ class _Side:
         params: dict[str, Any] = {"entity": self.entity.name}
         parts = []
         for table in self.tables:
-            q = sql.SQL("SELECT t.{key} AS k FROM {table} t").format(key=self.key, table=table)
-            if parents is not None:
-                # One index range scan per parent range: the cost of this pass follows the
-                # ranges that differ, not the table.
+            if parents is None:
+                q = sql.SQL("SELECT t.{key} AS k FROM {table} t").format(key=self.key, table=table)
+            else:
+                # One index range scan per parent range (a LATERAL subquery, so the plan is that
+                # nested loop): the cost of this pass follows the ranges that differ, not the
+                # table. As a plain join on BETWEEN, the planner scanned the whole table against
+                # every range (172 s instead of 2 s for 1,290 ranges of a 3 M-row table).
                 lo_hi = [self.ranges.bounds(level - 1, b) for b in parents]
                 params["lo"], params["hi"] = [lo for lo, _ in lo_hi], [hi for _, hi in lo_hi]
-                q = sql.SQL("{} JOIN unnest(%(lo)s::{typ}[], %(hi)s::{typ}[]) r(lo, hi) "
-                            "ON t.{key} BETWEEN r.lo AND r.hi").format(q, typ=self.typ, key=self.key)
+                q = sql.SQL(
+                    "SELECT x.k FROM unnest(%(lo)s::{typ}[], %(hi)s::{typ}[]) r(lo, hi) "
+                    "CROSS JOIN LATERAL (SELECT t.{key} AS k FROM {table} t WHERE t.{key} BETWEEN r.lo AND r.hi) x"
+                ).format(typ=self.typ, key=self.key, table=table)
             parts.append((q, params))
         if self.ledgers:
             # The ledgers are small and their keys are text: one scan, filtered by range.
