@@ -16,7 +16,10 @@ key range (the hard deletes' ranges, ``deletes.KeyRanges``) a count and a checks
   (loaded, reason ``ok``) and the entity's rows in ``migration.exclusions`` and
   ``migration.quarantine``.
 
-Ranges whose count or checksum differ are split into 16 and compared again while
+The first pass compares every 16th top-level range first: when most of them differ
+over more rows than a key-by-key pass can afford (a scattered edit of one row in ten
+of a large table), the comparison stops there and every row is staged, as without
+it. Otherwise the other ranges follow. Ranges whose count or checksum differ are split into 16 and compared again while
 that isolates them (fewer than a quarter of the ranges compared differ), down to
 ranges of at most ``LEAF_ROWS`` rows; then (or at once, when a scattered change,
 one row in ten, makes most ranges differ) their rows are compared key by key: each
@@ -64,6 +67,11 @@ from include.migration.reconcile import range_sums
 log = logging.getLogger(__name__)
 
 LEAF_ROWS = 64  # a differing range with at most this many rows on either side is compared key by key
+SAMPLE_EVERY = 16  # the first pass compares every 16th top-level range before the others ...
+GIVE_UP_SHARE = 0.5  # ... and stops when more than this share of them differ (a scattered change)
+GIVE_UP_ROWS = 1_000_000  # ... over more rows than this (estimated): a key-by-key pass would cost more
+MIN_SAMPLE = 8  # fewer sampled ranges than this decide nothing
+MAX_SAMPLED_SPAN = 1 << 20  # bigint keys spread over more top-level ranges than this: no sample
 SPLIT_WHILE_UNDER = 0.25  # split the differing ranges while fewer than this share of those compared differ
 MAX_RANGES = 200_000  # differing ranges (or keys) kept with the run; past it, their top-level ranges instead
 
@@ -100,6 +108,7 @@ class RangeDiff:
     snapshot_at: datetime | None = None  # the legacy snapshot's time (the watermark stops there)
     top_counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # first pass: rows per range, each side
     stopped_by: str = ""
+    gave_up: str = ""  # why the comparison stopped after its sample: every row is staged
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -111,7 +120,7 @@ class RangeDiff:
                 "differing_dest_rows": self.differing_dest_rows,
                 "max_change_ts": self.max_change_ts.isoformat() if self.max_change_ts else None,
                 "max_key": self.max_key, "snapshot_at": self.snapshot_at.isoformat() if self.snapshot_at else None,
-                "stopped_by": self.stopped_by, "seconds": round(self.seconds, 3)}
+                "stopped_by": self.stopped_by, "gave_up": self.gave_up, "seconds": round(self.seconds, 3)}
 
     def summary(self) -> str:
         return (f"{self.ranges_compared:,} key ranges compared in each database ({self.top_ranges:,} top-level, "
@@ -168,7 +177,7 @@ class _Side:
 
     def sums(self, level: int, within: list[list[str]] | None) -> dict[str, tuple]:
         extra: list[sql.Composable] = []
-        if self.legacy and within is None:
+        if self.legacy and level == 0:
             extra = [sql.SQL("max(t.change_ts)"),
                      sql.SQL("max(t.k)::text") if self.entity.append_only else sql.SQL("NULL::text")]
         return range_sums(self.conn, self.rows(within), self.ranges.bucket(level, sql.SQL("t.k")),
@@ -226,13 +235,87 @@ def destination_outside(dest_dsn: str, entity: Entity, ranges: list[list[str]]) 
     return n, checksum, loaded
 
 
+def _sums(pool: ThreadPoolExecutor, src: _Side, dst: _Side, level: int,
+          within: list[list[str]] | None) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    fs, fd = pool.submit(src.sums, level, within), pool.submit(dst.sums, level, within)
+    return fs.result(), fd.result()
+
+
+def _differing(s: dict[str, tuple], d: dict[str, tuple]) -> list[str]:
+    return sorted(b for b in set(s) | set(d) if s.get(b, (0, 0))[:2] != d.get(b, (0, 0))[:2])
+
+
+def _top_level(pool: ThreadPoolExecutor, src: _Side, dst: _Side, ranges: KeyRanges,
+               diff: RangeDiff) -> tuple[dict[str, tuple], dict[str, tuple]] | None:
+    """The first pass: every 16th top-level range first, then (unless most of those differ:
+    ``diff.gave_up``, None returned) the others. A scattered change (one row in ten edited)
+    makes nearly every range differ, and comparing further would cost more than staging
+    every row; the sample says so for a sixteenth of the full pass's cost."""
+    sample, rest = _sample(src, ranges)
+    if not sample:
+        return _sums(pool, src, dst, 0, None)
+    s, d = _sums(pool, src, dst, 0, sample)
+    differs = _differing(s, d)
+    compared, differing = len(set(s) | set(d)), len(differs)
+    rows = SAMPLE_EVERY * sum(max(s.get(b, (0,))[0], d.get(b, (0,))[0]) for b in differs)
+    if compared >= MIN_SAMPLE and differing > GIVE_UP_SHARE * compared and rows > GIVE_UP_ROWS:
+        diff.ranges_compared, diff.levels = compared, 1
+        diff.gave_up = (f"{differing:,} of the {compared:,} top-level key ranges compared first (every "
+                        f"{SAMPLE_EVERY}th) differ, about {rows:,} rows in all: a change this scattered leaves "
+                        "few rows in equal ranges, and comparing them key by key would cost more than staging "
+                        "every row")
+        return None
+    s2, d2 = _sums(pool, src, dst, 0, rest)
+    return {**s, **s2}, {**d, **d2}
+
+
+def _sample(src: _Side, ranges: KeyRanges) -> tuple[list[list[str]], list[list[str]]]:
+    """Every ``SAMPLE_EVERY``-th top-level range over the source's keys, and the rest of the key
+    space (inclusive bounds, open at both ends, so the destination's keys outside the source's
+    span are in it); ([], []) when the keys are too sparse to sample."""
+    e = src.entity
+    if ranges.uuid:
+        picked = [f"{b:0{TOP_UUID_HEX}x}" for b in range(0, 16 ** TOP_UUID_HEX, SAMPLE_EVERY)]
+        lowest, highest = 0, (1 << 128) - 1
+    else:
+        key = sql.Identifier(e.key)
+        first, last = src.conn.execute(sql.SQL("SELECT min({k}) >> {s}, max({k}) >> {s} FROM {t}").format(
+            k=key, s=sql.Literal(TOP_BIGINT_SHIFT), t=sql.Identifier("public", e.source_table))).fetchone()
+        if first is None or (last - first) > MAX_SAMPLED_SPAN:
+            return [], []
+        start = first + (-first) % SAMPLE_EVERY
+        picked = [str(b) for b in range(start, last + 1, SAMPLE_EVERY)]
+        lowest, highest = -(1 << 63), (1 << 63) - 1
+
+    def num(k: str) -> int:
+        return int(k, 16) if ranges.uuid else int(k)
+
+    def text(n: int) -> str:
+        return f"{n:032x}" if ranges.uuid else str(n)
+
+    sample = [list(ranges.bounds(0, b)) for b in picked]
+    rest, at = [], lowest
+    for lo, hi in sample:
+        if num(lo) > at:
+            rest.append([text(at), text(num(lo) - 1)])
+        at = num(hi) + 1
+    if at <= highest:
+        rest.append([text(at), text(highest)])
+    return sample, rest
+
+
 def _bisect(pool: ThreadPoolExecutor, src: _Side, dst: _Side, ranges: KeyRanges, diff: RangeDiff) -> None:
     level, within = 0, None
     while True:
-        fs, fd = pool.submit(src.sums, level, within), pool.submit(dst.sums, level, within)
-        s, d = fs.result(), fd.result()
+        if level == 0:
+            top = _top_level(pool, src, dst, ranges, diff)
+            if top is None:
+                return
+            s, d = top
+        else:
+            s, d = _sums(pool, src, dst, level, within)
         every = set(s) | set(d)
-        differing = sorted(b for b in every if s.get(b, (0, 0))[:2] != d.get(b, (0, 0))[:2])
+        differing = _differing(s, d)
         if level == 0:
             _first_pass(diff, s, d, every, differing)
         diff.ranges_compared += len(every)

@@ -220,6 +220,10 @@ def _compare_first(conns: Conns, entity: Entity, scope: extract_mod.Scope, *, dr
         log.info("%s: change detection off, every source row is staged: %s", entity.name, why_not)
         return None
     diff = changes.compare(conns.legacy, conns.dest, entity)
+    if diff.gave_up:
+        log.info("%s: change detection stopped after %.2f s, every source row is staged: %s", entity.name,
+                 diff.seconds, diff.gave_up)
+        return None
     scope.ranges = diff.ranges
     log.info("%s: change detection: %s", entity.name, diff.summary())
     return diff.as_dict()

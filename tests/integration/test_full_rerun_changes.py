@@ -185,3 +185,36 @@ def test_the_reconciliation_compares_every_row_when_the_destination_changed_outs
         different = conn.execute("SELECT different FROM migration.reconciliations WHERE run_id = %s",
                                  (run_id,)).fetchone()[0]
     assert different == [key]
+
+
+def test_a_scattered_change_over_many_rows_stops_the_comparison_at_its_sample(two_destinations, monkeypatch):
+    """One message in ten edited makes nearly every key range differ. Over more rows than
+    ``GIVE_UP_ROWS`` (lowered here, and the sample made denser: a large table's case on the small
+    world, whose messages span 30 top-level ranges), the comparison
+    stops after its sample of the top-level ranges and the run stages every row: it ends where
+    a run that stages every row ends. Under the bound, the same edit is compared key by key."""
+    from include.migration import changes
+    from include.migration.entities import get
+
+    compared, whole = two_destinations
+    messages = get("messages")
+    with psycopg.connect(compared.legacy, autocommit=True) as conn:
+        conn.execute("UPDATE messages SET content = content || ' (edited)' WHERE id % 10 = 0")
+    under = changes.compare(compared.legacy, compared.dest, messages)
+    assert under.gave_up == "" and under.differing_top_ranges == under.top_ranges > 0
+    monkeypatch.setattr(changes, "GIVE_UP_ROWS", 1000)
+    monkeypatch.setattr(changes, "SAMPLE_EVERY", 2)
+    over = changes.compare(compared.legacy, compared.dest, messages)
+    assert "a change this scattered" in over.gave_up and over.ranges == []
+
+    for conns, detect in ((whole, False), (compared, True)):
+        pipeline.run_entity(conns, "messages", "scattered", mode="full", validate_with_gx=False,
+                            quarantine_threshold_pct=100, detect_changes=detect)
+    run = _run(compared.dest, "messages:scattered")
+    assert run["status"] == "succeeded" and run["changes"] is None
+    assert run["stage_rows"] == _source_rows(compared.legacy, "messages")
+    assert run["load"]["updated"] > 0
+    mine, theirs = _state(compared.dest, "scattered"), _state(whole.dest, "scattered")
+    for part in mine:
+        assert mine[part] == theirs[part], part
+    assert {r[1] for r in mine["reconciliations"]} == {"clean"}
