@@ -130,11 +130,14 @@ class _Side:
                 ).format(typ=self.typ, key=self.key, table=table)
             parts.append((q, params))
         if self.ledgers:
-            # The ledgers are small and their keys are text: one scan, filtered by range.
+            # The ledgers are small and their keys are text: one scan, filtered by range through a
+            # hashed set of the ranges (IN (SELECT unnest ...)); as ``= ANY(array)`` each ledger
+            # key was compared with every range in turn (20 times slower at 900 ranges).
             q = sql.SQL("SELECT l.k FROM ({}) l").format(
                 sql.SQL(_sql("ledger_keys.sql")).format(key_type=self.typ))
             if parents is not None:
-                q = sql.SQL("{} WHERE {} = ANY(%(parents)s)").format(q, self.ranges.bucket(level - 1, sql.SQL("l.k")))
+                q = sql.SQL("{} WHERE {} IN (SELECT unnest(%(parents)s::text[]))").format(
+                    q, self.ranges.bucket(level - 1, sql.SQL("l.k")))
                 params = {**params, "parents": parents}
             parts.append((q, params))
         return parts
