@@ -249,24 +249,55 @@ def index_stage(dest: psycopg.Connection, entity: Entity, table: str) -> None:
     dest.execute(sql.SQL("ANALYZE {} ({}, _disposition, _reason)").format(stage, sql.Identifier(entity.key)))
 
 
+STALE_STATS_SHARE = 0.1  # statistics older than a 10 % change of the table are not used to split it
+
+
 def key_ranges(legacy: psycopg.Connection, entity: Entity, partitions: int) -> list[tuple[str | None, str | None]]:
     """``partitions`` key ranges (exclusive low, inclusive high; None: unbounded) of about
-    equal row counts, from the source table's key index. Fewer when the table has fewer
-    distinct keys than that; one, ``(None, None)``, for an empty table."""
+    equal row counts. Fewer when the table has fewer distinct keys than that; one,
+    ``(None, None)``, for an empty table.
+
+    The bounds come from the key column's histogram in the legacy server's statistics
+    (``pg_stats``: equal-frequency quantiles of a sample, read in a millisecond) while they
+    are fresh; else from one counted pass over the key index (2 to 3 s at 3 M rows). Either
+    way the first and last range are unbounded, so every key falls in exactly one range:
+    statistics can only make the ranges uneven, never leave a row out."""
     if partitions <= 1:
         return [(None, None)]
     table = sql.Identifier("public", entity.source_table)
     key = sql.Identifier(entity.key)
-    # Counted, not estimated: the planner's estimate of a live table can be far off.
-    rows = legacy.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
-    if rows == 0:
-        return [(None, None)]
-    step = -(-rows // partitions)  # ceil: at most `partitions` ranges
-    bounds = db.every_nth_key(legacy, table, key, step)
-    if bounds and len(bounds) * step == rows:
-        bounds.pop()  # the last key: nothing would follow it
+    bounds = _histogram_bounds(legacy, entity, partitions)
+    if bounds is None:
+        # Counted, not estimated: no fresh statistics to split by.
+        rows = legacy.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
+        if rows == 0:
+            return [(None, None)]
+        step = -(-rows // partitions)  # ceil: at most `partitions` ranges
+        bounds = db.every_nth_key(legacy, table, key, step)
+        if bounds and len(bounds) * step == rows:
+            bounds.pop()  # the last key: nothing would follow it
     edges: list[str | None] = [None, *bounds, None]
     return list(zip(edges, edges[1:], strict=False))
+
+
+def _histogram_bounds(legacy: psycopg.Connection, entity: Entity, partitions: int) -> list[str] | None:
+    """``partitions - 1`` keys splitting the source table into ranges of about equal row
+    counts, from the statistics' histogram of its key; None where there is no histogram or
+    the table changed by more than ``STALE_STATS_SHARE`` of its rows since it was analyzed."""
+    row = legacy.execute(sql.SQL(
+        "SELECT s.histogram_bounds::text::{typ}[]::text[], c.reltuples, t.n_mod_since_analyze "
+        "FROM pg_stats s JOIN pg_class c ON c.oid = to_regclass(%(table)s) "
+        "JOIN pg_stat_user_tables t ON t.relid = c.oid "
+        "WHERE s.schemaname = 'public' AND s.tablename = %(name)s AND s.attname = %(key)s"
+    ).format(typ=sql.SQL(entity.key_type)), {
+        "table": sql.Identifier("public", entity.source_table).as_string(legacy),
+        "name": entity.source_table, "key": entity.key}).fetchone()
+    legacy.rollback()
+    if row is None or not row[0] or row[1] <= 0 or row[2] > STALE_STATS_SHARE * row[1]:
+        return None
+    hist = row[0]  # sorted: n + 1 bounds of n buckets of equal frequency
+    picks = sorted({(i * (len(hist) - 1)) // partitions for i in range(1, partitions)})
+    return [hist[i] for i in picks]
 
 
 def attach_partition(dest: psycopg.Connection, parent: str, child: str) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -48,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the project: dags/, plugins/, .loc
 DAG_ID = "migrate_messages"
 PARTITIONS = (1, 2, 4)
 METADATA_DB = "bench_airflow"
+PARALLEL_WORKER = re.compile(r"parallel worker for PID (\d+)")
 
 
 def _free_port() -> int:
@@ -113,7 +115,7 @@ class CpuSampler:
                 t = p.cpu_times()
                 spent = t.user + t.system
                 if p.pid not in self.kinds:
-                    kind = process_kind(p, self.databases)
+                    kind = self._leader_kind(p) or process_kind(p, self.databases)
                     if kind is None:
                         continue
                     self.kinds[p.pid] = kind
@@ -121,6 +123,28 @@ class CpuSampler:
                 self.last[p.pid] = spent
             except psutil.Error:
                 continue
+
+    def _leader_kind(self, proc: psutil.Process) -> str | None:
+        """A parallel worker's CPU counts for its leader's database (its title names the
+        leader's pid, not the database): else the legacy transform's parallel scans would
+        land under "postgres other"."""
+        try:
+            title = " ".join(proc.cmdline())
+        except psutil.Error:
+            return None
+        found = PARALLEL_WORKER.search(title)
+        if not found:
+            return None
+        leader = int(found.group(1))
+        if leader not in self.kinds:
+            try:
+                kind = process_kind(psutil.Process(leader), self.databases)
+            except psutil.Error:
+                return None
+            if kind is None:
+                return None
+            self.kinds[leader] = kind
+        return self.kinds[leader]
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

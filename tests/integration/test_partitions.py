@@ -18,7 +18,7 @@ import pytest
 from include.migration import db, pipeline
 from include.migration.accounting import AccountingMismatch
 from include.migration.entities import get
-from include.migration.extract import key_ranges
+from include.migration.extract import _histogram_bounds, key_ranges
 from tests import faults
 from tests.integration.test_direct_load import BULK, fetch, methods, run_all
 from tests.integration.test_relational_pipeline import RELATIONAL, C
@@ -45,6 +45,29 @@ def test_key_ranges_split_the_keys_into_even_contiguous_ranges(twin):
     assert max(sizes) - min(sizes) <= len(keys) // 20, sizes
     assert len(users) == 6 and users[0] == (None, users[1][0]) and users[-1][1] is None
     assert empty == [(None, None)]
+
+
+def test_key_ranges_come_from_fresh_statistics_and_are_counted_when_they_are_stale(twin):
+    conns, _ = twin
+    messages = get("messages")
+    with db.connection(conns.legacy) as legacy:
+        legacy.execute("ANALYZE messages")
+        fresh = _histogram_bounds(legacy, messages, 4)
+        keys = [k for (k,) in legacy.execute("SELECT id FROM messages ORDER BY id").fetchall()]
+        # More than a tenth of the table changed since it was analyzed: its statistics are not used.
+        legacy.execute("UPDATE messages SET content = content WHERE id % 5 <> 0")
+        legacy.commit()
+        legacy.execute("SELECT pg_stat_force_next_flush()")
+        legacy.commit()
+        stale = _histogram_bounds(legacy, messages, 4)
+        counted = key_ranges(legacy, messages, 4)
+        legacy.execute("ANALYZE messages")
+        legacy.commit()
+    assert fresh is not None and len(fresh) == 3 and fresh == sorted(fresh, key=int)
+    assert all(keys[0] <= int(b) <= keys[-1] for b in fresh)
+    assert stale is None
+    step = -(-len(keys) // 4)
+    assert [hi for _, hi in counted[:-1]] == [str(keys[step * i - 1]) for i in (1, 2, 3)]  # the exact quartiles
 
 
 def test_a_partitioned_run_leaves_what_one_stream_leaves(twin):
