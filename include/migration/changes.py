@@ -62,7 +62,7 @@ from include.migration import db
 from include.migration.deletes import TOP_BIGINT_SHIFT, TOP_UUID_HEX, KeyRanges
 from include.migration.entities import Entity
 from include.migration.extract import Scope, in_ranges, legacy_encoding, transform_query
-from include.migration.reconcile import range_sums
+from include.migration.reconcile import digest, range_sums, typed_columns
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class RangeDiff:
 
 
 def _outcome_digest() -> sql.Composable:
-    return sql.SQL("md5(ROW(t.k, t.disposition, t.reason, t.payload)::text)")
+    return digest([sql.SQL("t.k"), sql.SQL("t.disposition"), sql.SQL("t.reason"), sql.SQL("t.payload")])
 
 
 class _Side:
@@ -151,14 +151,15 @@ class _Side:
         ``outside``: of the keys not in them (the destination side only)."""
         e = self.entity
         key, typ = sql.Identifier(e.key), sql.SQL(e.key_type)
-        cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in e.column_names)
+        # A loaded row's payload is the digest of its columns, typed as the destination's, as text.
+        row = digest(typed_columns(e, "t", e.column_names))
         if self.legacy:
             query = transform_query(e, Scope(kind="all", ranges=within), encoding=self.encoding)
             return sql.SQL(
                 "SELECT t.{key} AS k, t._disposition AS disposition, t._reason AS reason, "
-                "CASE t._disposition WHEN 'loaded' THEN ROW({cols})::text WHEN 'excluded' THEN t._maps_to "
+                "CASE t._disposition WHEN 'loaded' THEN {row}::text WHEN 'excluded' THEN t._maps_to "
                 "ELSE t._source::text END AS payload, t._change_ts AS change_ts FROM ({q}) t"
-            ).format(key=key, cols=cols, q=query)
+            ).format(key=key, row=row, q=query)
         table = sql.SQL("{} t").format(sql.Identifier(e.schema_name, e.target_table))
         where, ledger_filter = sql.SQL(""), sql.SQL("")
         if within is not None:
@@ -167,13 +168,13 @@ class _Side:
             ledger_filter = sql.SQL(" AND {}{}").format(
                 neg, in_ranges(e, sql.SQL("l.source_key::{}").format(typ), within))
         return sql.SQL(
-            "SELECT t.{key} AS k, 'loaded' AS disposition, 'ok' AS reason, ROW({cols})::text AS payload "
+            "SELECT t.{key} AS k, 'loaded' AS disposition, 'ok' AS reason, {row}::text AS payload "
             "FROM {table}{where} "
             "UNION ALL SELECT l.source_key::{typ}, 'excluded', l.rule, l.detail FROM migration.exclusions l "
             "WHERE l.entity = {name}{f} "
             "UNION ALL SELECT l.source_key::{typ}, 'quarantined', l.reason, l.source_row::text "
             "FROM migration.quarantine l WHERE l.entity = {name}{f}"
-        ).format(key=key, cols=cols, table=table, where=where, typ=typ, name=sql.Literal(e.name), f=ledger_filter)
+        ).format(key=key, row=row, table=table, where=where, typ=typ, name=sql.Literal(e.name), f=ledger_filter)
 
     def sums(self, level: int, within: list[list[str]] | None) -> dict[str, tuple]:
         extra: list[sql.Composable] = []
@@ -186,7 +187,7 @@ class _Side:
     @contextmanager
     def digests(self, within: list[list[str]]) -> Iterator[Iterator[tuple]]:
         """Each row's key and outcome digest, in key order, streamed through a server-side cursor."""
-        query = sql.SQL("SELECT t.k, left({}, 16) FROM ({}) t ORDER BY t.k").format(
+        query = sql.SQL("SELECT t.k, {} FROM ({}) t ORDER BY t.k").format(
             _outcome_digest(), self.rows(within))
         with self.conn.cursor(name=f"changes_{self.entity.name}") as cur:
             cur.itersize = 20_000
@@ -383,7 +384,7 @@ def _list_keys(src: _Side, dst: _Side, within: list[list[str]], diff: RangeDiff)
             else:
                 if a[1] == b[1]:
                     equal += 1
-                    equal_sum += _signed64(a[1])
+                    equal_sum += a[1]
                 else:
                     found.append(str(a[0]))
                 n_src, n_dst = n_src + 1, n_dst + 1
@@ -398,12 +399,6 @@ def _list_keys(src: _Side, dst: _Side, within: list[list[str]], diff: RangeDiff)
     diff.equal_source_rows += equal
     diff.equal_checksum = (diff.equal_checksum or 0) + equal_sum
     return True
-
-
-def _signed64(hex16: str) -> int:
-    """A digest's first 16 hex digits as ``range_sums`` adds them up (a signed bigint)."""
-    n = int(hex16, 16)
-    return n - (1 << 64) if n >= 1 << 63 else n
 
 
 def _coarsen(diff: RangeDiff, ranges: KeyRanges, entity: Entity) -> None:

@@ -70,8 +70,8 @@ class Reconciliation:
                 f"(source {self.source_rows} rows, destination {self.target_rows}); "
                 f"first keys: {', '.join((self.missing + self.extra + self.different)[:5])}")
 
-    def fingerprint(self) -> dict[str, int]:
-        return {"rows": self.target_rows, "checksum": self.target_checksum}
+    def fingerprint(self) -> dict[str, Any]:
+        return {"rows": self.target_rows, "checksum": self.target_checksum, "digest": DIGEST}
 
     def as_dict(self) -> dict[str, Any]:
         return {"entity": self.entity, "verdict": "clean" if self.clean else "differences",
@@ -90,11 +90,29 @@ def _bucket_expr(entity: Entity, alias: str) -> sql.Composable:
     return sql.SQL("({} / {})::text").format(key, sql.Literal(entity.bucket_rows))
 
 
+DIGEST = "hash_record_extended"  # recorded with a fingerprint: one taken another way is not compared
+
+
+def digest(values: Sequence[sql.Composable]) -> sql.Composable:
+    """A signed 64-bit digest of ``values``, computed by the server with each value's own hash
+    function (``hash_record_extended``, PostgreSQL 14+), without building the row's text: the
+    reconciliation and the change detection digest every row on both sides, and the ``md5``
+    of ``ROW(...)::text`` they used before cost 40 % of their time (medium world, messages:
+    unchanged rerun 5.5 s to 3.3 s, reconciliation 3.7 s to 2.1 s). Equal values give equal
+    digests (servers of one byte order; a uuid hashes its bytes); the callers cast each value
+    to the destination's type first, so both sides hash the same types."""
+    return sql.SQL("hash_record_extended(ROW({}), 0)").format(sql.SQL(", ").join(values))
+
+
+def typed_columns(entity: Entity, alias: str, names: Sequence[str]) -> list[sql.Composable]:
+    """``alias.column::type`` for ``names``, typed as the destination's columns."""
+    types = dict(entity.columns)
+    return [sql.SQL("{}.{}::{}").format(sql.Identifier(alias), sql.Identifier(c), sql.SQL(types[c])) for c in names]
+
+
 def _row_hash(entity: Entity, alias: str) -> sql.Composable:
     # The columns SQL can compute on both sides (media checks its file columns against Storage).
-    cols = sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c))
-                              for c in entity.reconcile_column_names)
-    return sql.SQL("md5(ROW({})::text)").format(cols)
+    return digest(typed_columns(entity, alias, entity.reconcile_column_names))
 
 
 def _source_rows(entity: Entity, skip_keys: list[str], encoding: str | None = None,
@@ -115,12 +133,12 @@ def _target_rows(entity: Entity, ranges: list[list[str]] | None = None) -> sql.C
 def range_sums(conn, rows: sql.Composable, bucket: sql.Composable, digest: sql.Composable,
                params: dict | None = None, extra: Sequence[sql.Composable] = ()) -> dict[str, tuple]:
     """Row count and checksum per bucket of ``rows`` (alias ``t``), computed inside the
-    database: ``bucket`` names a row's key range, ``digest`` is an md5 hex of what is
-    compared (a whole row here; only the key for the hard-delete key sets, deletes.py; a
-    row's outcome for a full run's change detection, changes.py). ``extra``: more
-    aggregates over the same rows, returned after the count and the checksum."""
+    database: ``bucket`` names a row's key range, ``digest`` a signed bigint digest of what
+    is compared (``digest()``: a whole row here; only the key for the hard-delete key sets,
+    deletes.py; a row's outcome for a full run's change detection, changes.py). ``extra``:
+    more aggregates over the same rows, returned after the count and the checksum."""
     query = sql.SQL(
-        "SELECT {b} AS bucket, count(*), sum(('x' || left({h}, 16))::bit(64)::bigint){more} "
+        "SELECT {b} AS bucket, count(*), sum({h}){more} "
         "FROM ({rows}) t GROUP BY 1"
     ).format(b=bucket, h=digest, rows=rows,
              more=sql.SQL("").join(sql.SQL(", {}").format(e) for e in extra))
@@ -134,7 +152,7 @@ def _bucket_sums(dsn: str, rows: sql.Composable, entity: Entity) -> dict[str, tu
         return range_sums(conn, rows, _bucket_expr(entity, "t"), _row_hash(entity, "t"))
 
 
-def _row_hashes(dsn: str, rows: sql.Composable, entity: Entity, buckets: list[str]) -> dict[str, str]:
+def _row_hashes(dsn: str, rows: sql.Composable, entity: Entity, buckets: list[str]) -> dict[str, int]:
     query = sql.SQL("SELECT t.{key}::text, {h} FROM ({rows}) t WHERE {b} = ANY({buckets})").format(
         key=sql.Identifier(entity.key), h=_row_hash(entity, "t"), rows=rows,
         b=_bucket_expr(entity, "t"), buckets=sql.Literal(buckets))
@@ -244,6 +262,6 @@ def report_dir(run_id: str) -> Path:
 def fingerprint(conn, entity: Entity) -> dict[str, int]:
     """Row count and checksum of the destination table: the state a rollback must return to."""
     row = conn.execute(sql.SQL(
-        "SELECT count(*), coalesce(sum(('x' || left({h}, 16))::bit(64)::bigint), 0) FROM {t} t"
+        "SELECT count(*), coalesce(sum({h}), 0) FROM {t} t"
     ).format(h=_row_hash(entity, "t"), t=sql.Identifier(entity.schema_name, entity.target_table))).fetchone()
-    return {"rows": int(row[0]), "checksum": int(row[1])}
+    return {"rows": int(row[0]), "checksum": int(row[1]), "digest": DIGEST}

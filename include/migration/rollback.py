@@ -201,8 +201,14 @@ def _verify(conn, entity_name: str, before) -> str:
                                (entity_name, before)).fetchone()[0]
         if earlier:
             return "unverified: the earlier run recorded no fingerprint (it ran without reconciliation)"
-    expected = prior[0] if prior else {"rows": 0, "checksum": 0}
     now = fingerprint(conn, entity)
+    expected = prior[0] if prior else {"rows": 0, "checksum": 0, "digest": now["digest"]}
+    if expected.get("digest") != now["digest"]:
+        # Taken by an earlier version of this pipeline, with another digest: not comparable.
+        if expected["rows"] != now["rows"]:
+            return f"expected {expected['rows']} rows, found {now['rows']}"
+        return (f"unverified: {now['rows']} rows as expected, but the earlier run's checksum was taken with "
+                f"another digest ({expected.get('digest', 'md5 of the row text')})")
     if now == expected:
         return "matches"
     return f"expected {expected['rows']} rows / checksum {expected['checksum']}, found {now['rows']} / {now['checksum']}"

@@ -139,6 +139,33 @@ def test_rollback_of_a_direct_load_empties_the_table(twin):
     assert fetch(directly.dest, "SELECT count(*) FROM public.messages") == [(0,)]
 
 
+def test_a_rollback_does_not_compare_a_checksum_taken_with_another_digest(twin):
+    from psycopg.types.json import Jsonb
+
+    from include.migration.reconcile import DIGEST, fingerprint
+
+    directly, _ = twin
+    run_all(directly, "full")
+    with psycopg.connect(directly.dest) as conn:
+        now = fingerprint(conn, get("messages"))
+        recorded = fetch(directly.dest, "SELECT counts->'fingerprint' FROM migration.runs WHERE run_id = 'messages:full'")
+        assert recorded == [(now,)] and now["digest"] == DIGEST and now["rows"] > 0
+        later = conn.execute("SELECT now() + interval '1 hour'").fetchone()[0]
+        # As an earlier version recorded it: the same rows, a checksum of the rows' text.
+        old = {"rows": now["rows"], "checksum": 12345}
+        set_fingerprint = "UPDATE migration.runs SET counts = jsonb_set(counts, '{fingerprint}', %s) WHERE run_id = %s"
+        conn.execute(set_fingerprint, (Jsonb(old), "messages:full"))
+        assert rollback._verify(conn, "messages", later) == (
+            f"unverified: {now['rows']} rows as expected, but the earlier run's checksum was taken with another "
+            "digest (md5 of the row text)")
+        conn.execute(set_fingerprint, (Jsonb({**old, "rows": now["rows"] + 1}), "messages:full"))
+        assert rollback._verify(conn, "messages", later) == f"expected {now['rows'] + 1} rows, found {now['rows']}"
+        conn.execute(set_fingerprint, (Jsonb({**now, "checksum": now["checksum"] + 1}), "messages:full"))
+        assert rollback._verify(conn, "messages", later).startswith("expected ")
+        conn.rollback()
+        assert rollback._verify(conn, "messages", later) == "matches"
+
+
 def test_dry_runs_and_full_tables_stage(twin, caplog):
     directly, _ = twin
     pipeline.run_entity(directly, "users", "dry", mode="full", dry_run=True)

@@ -88,7 +88,7 @@ def test_totals_sum_times_rows_and_writes_against_the_limits_of_the_same_entitie
 def test_targets_judge_each_figure(steps):
     verdicts = {v["name"]: v for v in bench.judge(bench.TARGETS, bench.target_values(steps))}
     assert verdicts["full_vs_limit"]["verdict"] == "PASS"  # 1.2x <= 1.4x
-    assert verdicts["unchanged_vs_limit"]["verdict"] == "PASS"  # 1.4x <= 1.5x
+    assert verdicts["unchanged_vs_limit"]["verdict"] == "MISS"  # 1.4x > 1.2x
     assert verdicts["unchanged_written"]["value"] == 0 and verdicts["unchanged_written"]["verdict"] == "PASS"
     assert verdicts["changed_vs_limit"]["verdict"] == "MISS"  # 2.5x > 2.0x
     assert verdicts["incremental_vs_full"]["value"] == pytest.approx(0.075)
