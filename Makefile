@@ -8,7 +8,7 @@ PG_PORT ?= 54329
 EXECUTOR ?= local
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup test test-fast demo stop env bench constraints lint
+.PHONY: setup test test-fast demo stop env bench constraints
 
 # The venv is rebuilt when the pins change.
 $(VENV)/.installed: requirements.txt constraints.txt
