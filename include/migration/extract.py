@@ -292,7 +292,6 @@ def _histogram_bounds(legacy: psycopg.Connection, entity: Entity, partitions: in
     ).format(typ=sql.SQL(entity.key_type)), {
         "table": sql.Identifier("public", entity.source_table).as_string(legacy),
         "name": entity.source_table, "key": entity.key}).fetchone()
-    legacy.rollback()
     if row is None or not row[0] or row[1] <= 0 or row[2] > STALE_STATS_SHARE * row[1]:
         return None
     hist = row[0]  # sorted: n + 1 bounds of n buckets of equal frequency

@@ -71,7 +71,7 @@ class Reconciliation:
                 f"first keys: {', '.join((self.missing + self.extra + self.different)[:5])}")
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"rows": self.target_rows, "checksum": self.target_checksum, "digest": DIGEST}
+        return _fingerprint(self.target_rows, self.target_checksum)
 
     def as_dict(self) -> dict[str, Any]:
         return {"entity": self.entity, "verdict": "clean" if self.clean else "differences",
@@ -259,9 +259,14 @@ def report_dir(run_id: str) -> Path:
     return path
 
 
-def fingerprint(conn, entity: Entity) -> dict[str, int]:
+def fingerprint(conn, entity: Entity) -> dict[str, Any]:
     """Row count and checksum of the destination table: the state a rollback must return to."""
     row = conn.execute(sql.SQL(
         "SELECT count(*), coalesce(sum({h}), 0) FROM {t} t"
     ).format(h=_row_hash(entity, "t"), t=sql.Identifier(entity.schema_name, entity.target_table))).fetchone()
-    return {"rows": int(row[0]), "checksum": int(row[1]), "digest": DIGEST}
+    return _fingerprint(int(row[0]), int(row[1]))
+
+
+def _fingerprint(rows: int, checksum: int) -> dict[str, Any]:
+    """A fingerprint as runs record it, naming the digest its checksum was summed with."""
+    return {"rows": rows, "checksum": checksum, "digest": DIGEST}
