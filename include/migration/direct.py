@@ -493,7 +493,7 @@ def _destination_checks(dest: psycopg.Connection, entity: Entity, stage_table: s
 def _ledgers(dest: psycopg.Connection, entity: Entity, run: runs.Run, steps: dict[str, float]) -> None:
     assert run.stage_table is not None
     mark = time.perf_counter()
-    load_mod.record_ledgers(dest, entity, run.stage_table, run.run_id)
+    load_mod.record_ledgers(dest, entity, run.stage_table, run.run_id, large_stage=False)
     _clean_ledgers(dest, entity, run.stage_table)
     steps["ledgers"] = time.perf_counter() - mark
 
