@@ -111,7 +111,7 @@ def in_ranges(entity: Entity, key: sql.Composable, ranges: list[list[str]]) -> s
     if not ranges:
         return sql.SQL("FALSE")
     edges = _edges(entity, ranges)
-    return sql.SQL("width_bucket({}, {}::{}[]) % 2 = 1").format(key, sql.Literal(edges), sql.SQL(entity.key_type))
+    return sql.SQL("width_bucket({}, {}::{}[]) % 2 <> 0").format(key, sql.Literal(edges), sql.SQL(entity.key_type))
 
 
 def _edges(entity: Entity, ranges: list[list[str]]) -> list[str]:
