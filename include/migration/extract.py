@@ -255,10 +255,12 @@ def index_stage(dest: psycopg.Connection, entity: Entity, table: str) -> None:
 STALE_STATS_SHARE = 0.1  # statistics older than a 10 % change of the table are not used to split it
 
 
-def key_ranges(legacy: psycopg.Connection, entity: Entity, partitions: int) -> list[tuple[str | None, str | None]]:
+def key_ranges(legacy: psycopg.Connection, entity: Entity, partitions: int, *,
+               count_if_stale: bool = True) -> list[tuple[str | None, str | None]]:
     """``partitions`` key ranges (exclusive low, inclusive high; None: unbounded) of about
     equal row counts. Fewer when the table has fewer distinct keys than that; one,
-    ``(None, None)``, for an empty table.
+    ``(None, None)``, for an empty table, and without fresh statistics when not
+    ``count_if_stale``.
 
     The bounds come from the key column's histogram in the legacy server's statistics
     (``pg_stats``: equal-frequency quantiles of a sample, read in a millisecond) while they
@@ -270,6 +272,8 @@ def key_ranges(legacy: psycopg.Connection, entity: Entity, partitions: int) -> l
     table = sql.Identifier("public", entity.source_table)
     key = sql.Identifier(entity.key)
     bounds = _histogram_bounds(legacy, entity, partitions)
+    if bounds is None and not count_if_stale:
+        return [(None, None)]
     if bounds is None:
         # Counted, not estimated: no fresh statistics to split by.
         rows = legacy.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]

@@ -27,7 +27,7 @@ from psycopg.types.json import Jsonb
 
 from include.migration import db
 from include.migration.entities import SQL_DIR, Entity
-from include.migration.extract import Scope, in_ranges, legacy_encoding, transform_query
+from include.migration.extract import Scope, in_ranges, key_ranges, legacy_encoding, transform_query
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,9 @@ def _row_hash(entity: Entity, alias: str) -> sql.Composable:
 
 
 def _source_rows(entity: Entity, skip_keys: list[str], encoding: str | None = None,
-                 ranges: list[list[str]] | None = None) -> sql.Composable:
-    query = transform_query(entity, Scope(kind="all", ranges=ranges), encoding=encoding)
+                 ranges: list[list[str]] | None = None,
+                 key_range: tuple[str | None, str | None] | None = None) -> sql.Composable:
+    query = transform_query(entity, Scope(kind="all", ranges=ranges, key_range=key_range), encoding=encoding)
     return sql.SQL("SELECT * FROM ({q}) t WHERE t._disposition = 'loaded' AND NOT (t.{key}::text = ANY({skip}))")\
         .format(q=query, key=sql.Identifier(entity.key), skip=sql.Literal(skip_keys))
 
@@ -165,6 +166,37 @@ def _bucket_sums(dsn: str, rows: sql.Composable, entity: Entity) -> dict[str, tu
         return range_sums(conn, rows, _bucket_expr(entity, "t"), _row_hash(entity, "t"))
 
 
+# The legacy side runs the whole transform, the reconciliation's bottleneck: over a table
+# of at least LEGACY_STREAM_ROWS rows it runs as LEGACY_STREAMS queries side by side, one
+# per key range, on connections of their own (each computes the fates again: worth it only
+# for large tables). Large messages on 2 cores: 8.6 s to 7.5 s.
+LEGACY_STREAMS = 2
+LEGACY_STREAM_ROWS = 1_000_000
+
+
+def _legacy_key_ranges(legacy_dsn: str, entity: Entity) -> list[tuple[str | None, str | None]]:
+    """The key ranges the legacy side is summed in: ``LEGACY_STREAMS`` from the statistics'
+    histogram of the key (no counting pass), or one, ``(None, None)``, for a smaller table or
+    without fresh statistics."""
+    with db.connection(legacy_dsn, application="migration-reconcile") as conn:
+        conn.read_only = True
+        rows = conn.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", (
+            sql.Identifier("public", entity.source_table).as_string(conn),)).fetchone()
+        if rows is None or rows[0] < LEGACY_STREAM_ROWS:
+            return [(None, None)]
+        return key_ranges(conn, entity, LEGACY_STREAMS, count_if_stale=False)
+
+
+def _added(parts: Sequence[dict[str, tuple[int, int]]]) -> dict[str, tuple[int, int]]:
+    """Per-bucket sums of disjoint parts of the rows, added up (a bucket may span two parts)."""
+    out: dict[str, tuple[int, int]] = {}
+    for part in parts:
+        for bucket, (n, checksum) in part.items():
+            seen = out.get(bucket, (0, 0))
+            out[bucket] = (seen[0] + n, seen[1] + checksum)
+    return out
+
+
 def _row_hashes(dsn: str, rows: sql.Composable, entity: Entity, buckets: list[str]) -> dict[str, int]:
     query = sql.SQL("SELECT t.{key}::text, {h} FROM ({rows}) t WHERE {b} = ANY({buckets})").format(
         key=sql.Identifier(entity.key), h=_row_hash(entity, "t"), rows=rows,
@@ -198,10 +230,12 @@ def reconcile(legacy_dsn: str, dest_dsn: str, entity: Entity, *, ranges: list[li
     src_rows, dst_rows = _source_rows(entity, skip, encoding, ranges), _target_rows(entity, ranges)
     src, dst = {}, {}  # no staged range: nothing to compare row by row
     if ranges != []:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            fs = pool.submit(_bucket_sums, legacy_dsn, src_rows, entity)
+        parts = _legacy_key_ranges(legacy_dsn, entity) if ranges is None else [(None, None)]
+        with ThreadPoolExecutor(max_workers=len(parts) + 1) as pool:
+            fs = [pool.submit(_bucket_sums, legacy_dsn, _source_rows(entity, skip, encoding, ranges, part)
+                              if len(parts) > 1 else src_rows, entity) for part in parts]
             fd = pool.submit(_bucket_sums, dest_dsn, dst_rows, entity)
-            src, dst = fs.result(), fd.result()
+            src, dst = _added([f.result() for f in fs]), fd.result()
     differing = sorted(b for b in set(src) | set(dst) if src.get(b) != dst.get(b))
     result = Reconciliation(entity.name, sum(n for n, _ in src.values()), sum(n for n, _ in dst.values()),
                             len(set(src) | set(dst)), target_checksum=sum(c for _, c in dst.values()))

@@ -200,6 +200,32 @@ def test_reconciliation_names_exactly_the_corrupted_keys(world):
     assert rec.extra == ["9999"]
 
 
+def test_a_reconciliation_summed_in_several_legacy_streams_finds_what_one_stream_finds(world, monkeypatch):
+    from include.migration import reconcile as rec_mod
+    from include.migration.entities import get
+
+    seed_rules_world(world.legacy)
+    run_all(world, "rec")
+    with psycopg.connect(world.dest, autocommit=True) as conn:
+        conn.execute("UPDATE public.messages SET content = 'tampered' WHERE id = 2")
+        conn.execute("UPDATE public.messages SET id = 9999 WHERE id = 4")
+    one = rec_mod.reconcile(world.legacy, world.dest, get("messages"))
+    with psycopg.connect(world.legacy, autocommit=True) as conn:
+        conn.execute("ANALYZE messages")  # the streams' key ranges come from the statistics
+    monkeypatch.setattr(rec_mod, "LEGACY_STREAM_ROWS", 0)
+    monkeypatch.setattr(rec_mod, "LEGACY_STREAMS", 3)
+    parts = rec_mod._legacy_key_ranges(world.legacy, get("messages"))
+    assert len(parts) == 3 and parts[0][0] is None and parts[-1][1] is None
+    several = rec_mod.reconcile(world.legacy, world.dest, get("messages"))
+    assert (several.different, several.missing, several.extra) == (["2"], ["4"], ["9999"])
+    assert (several.source_rows, several.target_rows, several.differing_buckets) == \
+        (one.source_rows, one.target_rows, one.differing_buckets)
+    with psycopg.connect(world.dest, autocommit=True) as conn:
+        conn.execute("UPDATE public.messages SET content = 'Hello!' WHERE id = 2")
+        conn.execute("UPDATE public.messages SET id = 4 WHERE id = 9999")
+    assert rec_mod.reconcile(world.legacy, world.dest, get("messages")).clean
+
+
 def test_incremental_follows_updates_inserts_and_deletes(world):
     seed_rules_world(world.legacy)
     run_all(world, "base")
