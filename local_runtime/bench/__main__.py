@@ -141,6 +141,7 @@ def run(args: argparse.Namespace, server: Server, stamp: str, log_path: Path) ->
         if unknown:
             raise SystemExit(f"unknown phases: {', '.join(sorted(unknown))}")
         phases = tuple((name, phase) for name, phase in PHASES if name in wanted)
+    extra["phases"] = [name for name, _ in phases] if args.phases else "all"
     done = run_phases(Run(b, server, min(args.naive_rows, counts.get("messages", args.naive_rows)),
                           profile=not skip_profile, detect_changes=not args.no_detect_changes), phases)
     extra.update(done.sections, notes=done.notes)

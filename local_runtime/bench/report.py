@@ -224,6 +224,8 @@ def history_record(report: dict) -> dict:
         "targets": {t["name"]: t["verdict"] for t in report["targets"]},
         "values": values,
         "result": report.get("result_file"),
+        # A run of some phases (--phases) only: not a figure to compare a scale with.
+        "complete": report.get("phases", "all") == "all",
     }
 
 
@@ -232,7 +234,8 @@ SCALE_PARTNER = {"medium": "large", "large": "medium"}
 
 
 def last_other_scale(lines: list[str], scale: str) -> dict | None:
-    """The newest history record of ``scale``'s partner scale (medium <-> large)."""
+    """The newest history record of a whole run (not ``--phases``) of ``scale``'s partner scale
+    (medium <-> large)."""
     partner = SCALE_PARTNER.get(scale)
     for line in reversed(lines):
         line = line.strip()
@@ -242,7 +245,7 @@ def last_other_scale(lines: list[str], scale: str) -> dict | None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if record.get("scale") == partner:
+        if record.get("scale") == partner and record.get("complete", True):
             return record
     return None
 

@@ -142,6 +142,14 @@ def test_last_other_scale_pairs_medium_with_large_and_skips_broken_lines():
     assert bench.last_other_scale([json.dumps({"scale": "large"})], "large") is None
 
 
+def test_a_run_of_some_phases_is_not_compared_with_another_scale(steps):
+    whole = bench.history_record({**report_of(steps, "medium", 600_000), "phases": "all"})
+    partial = bench.history_record({**report_of(steps, "medium", 600_000), "phases": ["limits", "full"]})
+    assert whole["complete"] and not partial["complete"]
+    lines = [json.dumps({**whole, "n": 1}), json.dumps({**partial, "n": 2})]
+    assert bench.last_other_scale(lines, "large")["n"] == 1
+
+
 def test_scale_values_compare_memory_and_time_against_rows():
     medium = {"peak_rss_mb": 100.0, "messages_rows": 600_000, "full_messages_seconds": 60.0}
     large = {"peak_rss_mb": 108.0, "messages_rows": 3_000_000, "full_messages_seconds": 324.0}
