@@ -62,7 +62,7 @@ from include.migration import db
 from include.migration.deletes import TOP_BIGINT_SHIFT, TOP_UUID_HEX, KeyRanges
 from include.migration.entities import Entity
 from include.migration.extract import Scope, in_ranges, legacy_encoding, transform_query
-from include.migration.reconcile import digest, legacy_key_ranges, range_sums, typed_columns
+from include.migration.reconcile import Stream, digest, legacy_streams, range_sums, stream_sums, typed_columns
 
 log = logging.getLogger(__name__)
 
@@ -138,21 +138,18 @@ def _outcome_digest() -> sql.Composable:
     return digest([sql.SQL("t.k"), sql.SQL("t.disposition"), sql.SQL("t.reason"), sql.SQL("t.payload")])
 
 
-Stream = tuple[psycopg.Connection, tuple[str | None, str | None]]
-
-
 class _Side:
     """One database's outcomes, read per key range in one repeatable-read snapshot.
 
     ``streams``: the legacy side's first pass over a large table is summed as several key
-    ranges side by side, each on its own connection in the same snapshot (``_streams``); the
-    sums of a key range that two streams share add up."""
+    ranges side by side, each on its own connection in the same snapshot
+    (``reconcile.legacy_streams``)."""
 
     def __init__(self, conn: psycopg.Connection, entity: Entity, ranges: KeyRanges, legacy: bool,
                  streams: list[Stream] | None = None):
         self.conn, self.entity, self.ranges, self.legacy = conn, entity, ranges, legacy
         self.encoding = legacy_encoding(conn) if legacy else None
-        self.streams = streams or []
+        self.streams = streams or [(conn, None)]
 
     def rows(self, within: list[list[str]] | None, *, outside: bool = False,
              key_range: tuple[str | None, str | None] | None = None) -> sql.Composable:
@@ -189,16 +186,10 @@ class _Side:
     def sums(self, level: int, within: list[list[str]] | None) -> dict[str, tuple]:
         extra: list[sql.Composable] = []
         if self.legacy and level == 0:
-            extra = [sql.SQL("max(t.change_ts)"),
-                     sql.SQL("max(t.k)::text") if self.entity.append_only else sql.SQL("NULL::text")]
-        bucket = self.ranges.bucket(level, sql.SQL("t.k"))
-        if level > 0 or len(self.streams) < 2:
-            return range_sums(self.conn, self.rows(within), bucket, _outcome_digest(), extra=extra)
-        with ThreadPoolExecutor(max_workers=len(self.streams), thread_name_prefix="changes-stream") as pool:
-            parts = list(pool.map(lambda stream: range_sums(
-                stream[0], self.rows(within, key_range=stream[1]), bucket, _outcome_digest(), extra=extra),
-                self.streams))
-        return _merged(parts, self.entity)
+            extra = [sql.SQL("max(t.change_ts)"), sql.SQL("max(t.k)" if self.entity.append_only else "NULL")]
+        streams = self.streams if level == 0 else [(self.conn, None)]
+        return stream_sums(streams, lambda key_range: self.rows(within, key_range=key_range),
+                           self.ranges.bucket(level, sql.SQL("t.k")), _outcome_digest(), extra=extra)
 
     @contextmanager
     def digests(self, within: list[list[str]]) -> Iterator[Iterator[tuple]]:
@@ -209,53 +200,6 @@ class _Side:
             cur.itersize = 20_000
             cur.execute(query)
             yield iter(cur)
-
-
-def _merged(parts: list[dict[str, tuple]], entity: Entity) -> dict[str, tuple]:
-    """The first pass's sums of disjoint key ranges, per bucket: counts and checksums added,
-    the latest change and the highest key (``sums``' extra columns) the greatest."""
-    def later(a: Any, b: Any, key: Any = None) -> Any:
-        if a is None or b is None:
-            return b if a is None else a
-        return max(a, b, key=key)
-
-    by_key = int if entity.key_type == "bigint" else None
-    out: dict[str, tuple] = {}
-    for part in parts:
-        for bucket, (n, checksum, change_ts, max_key) in part.items():
-            if bucket in out:
-                n0, c0, t0, k0 = out[bucket]
-                out[bucket] = (n0 + n, c0 + checksum, later(t0, change_ts), later(k0, max_key, by_key))
-            else:
-                out[bucket] = (n, checksum, change_ts, max_key)
-    return out
-
-
-def _streams(legacy: psycopg.Connection, legacy_dsn: str, entity: Entity, stack: ExitStack) -> list[Stream]:
-    """The legacy side's streams for the first pass (see ``_Side``): ``legacy`` and, over a
-    table of ``reconcile.LEGACY_STREAM_ROWS`` rows or more with fresh statistics, one more
-    connection per key range, each importing ``legacy``'s snapshot (``pg_export_snapshot``;
-    call it before ``legacy`` runs anything else). One stream, ``legacy`` alone, when the
-    server refuses to export or import a snapshot."""
-    parts = legacy_key_ranges(legacy_dsn, entity)
-    if len(parts) < 2:
-        return []
-    try:
-        snapshot = legacy.execute("SELECT pg_export_snapshot()").fetchone()[0]
-        streams: list[Stream] = [(legacy, parts[0])]
-        for part in parts[1:]:
-            conn = stack.enter_context(db.connection(legacy_dsn, application="migration-changes"))
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            conn.read_only = True
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            db.tune_legacy(conn)
-            streams.append((conn, part))
-    except psycopg.Error as exc:
-        log.info("%s: change detection reads the source in one stream: the legacy server did not share a "
-                 "snapshot between two connections (%s)", entity.name, exc.diag.message_primary or exc)
-        legacy.rollback()
-        return []
-    return streams
 
 
 def compare(legacy_dsn: str, dest_dsn: str, entity: Entity) -> RangeDiff:
@@ -271,9 +215,8 @@ def compare(legacy_dsn: str, dest_dsn: str, entity: Entity) -> RangeDiff:
             # One snapshot each for every pass: the ranges found equal and those split are the same rows.
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
-        streams = _streams(legacy, legacy_dsn, entity, stack)
+        streams = legacy_streams(legacy, legacy_dsn, entity, stack)
         diff.snapshot_at = legacy.execute("SELECT now()").fetchone()[0]
-        db.tune_legacy(legacy)
         db.tune_legacy(dest)
         src = _Side(legacy, entity, ranges, legacy=True, streams=streams)
         dst = _Side(dest, entity, ranges, legacy=False)

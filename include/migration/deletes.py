@@ -33,7 +33,7 @@ from psycopg import sql
 from include.migration import db, runs
 from include.migration import load as load_mod
 from include.migration.entities import Entity
-from include.migration.reconcile import digest, range_sums
+from include.migration.reconcile import added_sums, digest, range_sums
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +143,9 @@ class _Side:
         return parts
 
     def sums(self, level: int, parents: list[str] | None) -> dict[str, tuple[int, int]]:
-        total: dict[str, tuple[int, int]] = {}
-        for rows, params in self._parts(level, parents):
-            got = range_sums(self.conn, rows, self.ranges.bucket(level, sql.SQL("t.k")),
-                             digest([sql.SQL("t.k")]), params)
-            for b, (n, s) in got.items():  # counts and checksums add up across the parts
-                n0, s0 = total.get(b, (0, 0))
-                total[b] = (n0 + n, s0 + s)
+        total = added_sums([range_sums(self.conn, rows, self.ranges.bucket(level, sql.SQL("t.k")),
+                                       digest([sql.SQL("t.k")]), params)
+                            for rows, params in self._parts(level, parents)])
         self.conn.rollback()
         return total
 

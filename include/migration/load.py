@@ -61,7 +61,6 @@ def check_stage(dest: psycopg.Connection, entity: Entity, table: str, *, commit:
                 "WHERE s.{key} IN (SELECT k FROM {keys})"
             ).format(stage=stage, reason=sql.Literal(f"{ref.parent}_not_in_destination"),
                      key=sql.Identifier(entity.key), keys=keys))
-        dest.execute(sql.SQL("DELETE FROM {}").format(keys))
     hook = entity.hook("check_stage")  # the entity's own rules (users: an email taken in the destination)
     if hook is not None:
         hook(dest, stage)

@@ -223,7 +223,7 @@ def test_a_scattered_change_over_many_rows_stops_the_comparison_at_its_sample(tw
 def test_the_first_pass_summed_in_several_legacy_streams_finds_what_one_stream_finds(two_destinations,
                                                                                       monkeypatch):
     """Over a large table the legacy side's first pass runs as key ranges side by side, each on
-    its own connection in one exported snapshot (changes._streams). Forced here on the small
+    its own connection in one exported snapshot (reconcile.legacy_streams). Forced here on the small
     world: the comparison must come out the same as with one stream, to the checksum."""
     from include.migration import changes, reconcile
     from include.migration.entities import get
@@ -237,8 +237,8 @@ def test_the_first_pass_summed_in_several_legacy_streams_finds_what_one_stream_f
         conn.execute("ANALYZE")  # the streams' key ranges come from the statistics
     one = {name: changes.compare(compared.legacy, compared.dest, get(name)) for name in ("messages", "conversations")}
     merged = []
-    real = changes._merged
-    monkeypatch.setattr(changes, "_merged", lambda parts, entity: merged.append(len(parts)) or real(parts, entity))
+    real = reconcile.added_sums
+    monkeypatch.setattr(reconcile, "added_sums", lambda parts: merged.append(len(parts)) or real(parts))
     monkeypatch.setattr(reconcile, "LEGACY_STREAM_ROWS", 0)
     monkeypatch.setattr(reconcile, "LEGACY_STREAMS", 3)
     for name in ("messages", "conversations"):

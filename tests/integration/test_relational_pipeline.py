@@ -214,7 +214,8 @@ def test_a_reconciliation_summed_in_several_legacy_streams_finds_what_one_stream
         conn.execute("ANALYZE messages")  # the streams' key ranges come from the statistics
     monkeypatch.setattr(rec_mod, "LEGACY_STREAM_ROWS", 0)
     monkeypatch.setattr(rec_mod, "LEGACY_STREAMS", 3)
-    parts = rec_mod.legacy_key_ranges(world.legacy, get("messages"))
+    with psycopg.connect(world.legacy) as conn:
+        parts = rec_mod.legacy_key_ranges(conn, get("messages"))
     assert len(parts) == 3 and parts[0][0] is None and parts[-1][1] is None
     several = rec_mod.reconcile(world.legacy, world.dest, get("messages"))
     assert (several.different, several.missing, several.extra) == (["2"], ["4"], ["9999"])
